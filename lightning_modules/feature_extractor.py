@@ -1,0 +1,117 @@
+"""FeatureExtractorModule: ArcFace-style face features (the paper's F_baseline: ArcFace on MS1M).
+
+Training: aligned faces (B×3×112×112 in [0, 1]) → backbone → B×D embedding → margin head (class centres, fp32
+logits) → cross-entropy. Validation: insightface's `.bin` pair protocol per set (flip-sum TTA, 10-fold accuracy),
+logged as ``val/<set>/accuracy``; the mean over sets is ``val/accuracy`` (the checkpoint monitor).
+
+The head's class count comes from the DataModule (``num_classes``) when the config leaves it null, so one config
+serves the synthetic world and real MS1MV2 (85,742) / MS1MV3 (93,431).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrface.inference import embed_flip_sum, to_model_range
+from lrface.metrics.verification import verify_pairs
+
+
+class FeatureExtractorModule(pl.LightningModule):
+    """Args:
+        backbone: the embedding network (e.g. ``lrface.nets.iresnet.iresnet50``), B×3×112×112 in [-1, 1] → B×D.
+        head: a factory ``head(in_features=D, out_features=C)`` for the margin head (ArcFace, CosFace, ...).
+        optimizer: a factory ``optimizer(params)`` (``_partial_: true`` in config).
+        scheduler: optional factory ``scheduler(optimizer, total_steps=...)``, stepped every optimizer step.
+        num_classes: identities of the training set; ``None`` → ``trainer.datamodule.num_classes``.
+        embedding_size: D (read from the backbone's ``num_features`` when None).
+        clip_grad_norm: max L2 norm of the backbone gradients (arcface_torch clips at 5; the head is not clipped).
+    """
+
+    def __init__(self, backbone: nn.Module, head: Callable[..., nn.Module], optimizer: Callable[..., Any],
+                 scheduler: Callable[..., Any] | None = None, num_classes: int | None = None,
+                 embedding_size: int | None = None, clip_grad_norm: float | None = 5.0):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "head", "optimizer", "scheduler"])
+        self.backbone = backbone
+        self.head_factory = head
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.embedding_size = embedding_size or getattr(backbone, "num_features")
+        self.clip_grad_norm = clip_grad_norm
+        self.head: nn.Module | None = None
+        if num_classes is not None:
+            self._build_head(num_classes)
+        self._val_outputs: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+
+    def _build_head(self, num_classes: int) -> None:
+        self.num_classes = int(num_classes)
+        self.head = self.head_factory(in_features=self.embedding_size, out_features=self.num_classes)
+
+    def setup(self, stage: str) -> None:
+        if self.head is None:
+            dm = self.trainer.datamodule if self.trainer is not None else None
+            if dm is None or getattr(dm, "num_classes", None) is None:
+                raise ValueError("module.num_classes is null and the DataModule does not expose num_classes")
+            self._build_head(dm.num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W in [0, 1] → B×D embeddings (not normalised)."""
+        return self.backbone(to_model_range(images))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        embeddings = self(batch["image"])
+        logits = self.head(embeddings, batch["identity"])
+        loss = F.cross_entropy(logits, batch["identity"])
+        with torch.no_grad():
+            acc = (logits.argmax(1) == batch["identity"]).float().mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", acc, prog_bar=True)
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), self.clip_grad_norm)
+        if gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = {}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        e1 = embed_flip_sum(self.backbone, batch["image1"])
+        e2 = embed_flip_sum(self.backbone, batch["image2"])
+        self._val_outputs.setdefault(dataloader_idx, []).append(
+            (batch["index"].long(), e1, e2, batch["issame"].long()))
+
+    def on_validation_epoch_end(self) -> None:
+        names = list(getattr(self.trainer.datamodule, "val_set_names", [])) if self.trainer.datamodule else []
+        accuracies = []
+        for idx, outputs in sorted(self._val_outputs.items()):
+            index, e1, e2, same = (torch.cat(parts) for parts in zip(*outputs))
+            # DistributedSampler pads the last batch with repeats: gather every rank's pairs and keep each index once.
+            index, e1, e2, same = (self.all_gather(t).flatten(0, 1) if self.trainer.world_size > 1 else t
+                                   for t in (index, e1, e2, same))
+            order = np.unique(index.cpu().numpy(), return_index=True)[1]
+            result = verify_pairs(e1[order].cpu().numpy(), e2[order].cpu().numpy(), same[order].cpu().numpy().astype(bool))
+            name = names[idx] if idx < len(names) else str(idx)
+            self.log(f"val/{name}/accuracy", result["accuracy"], add_dataloader_idx=False)
+            self.log(f"val/{name}/accuracy_std", result["accuracy_std"], add_dataloader_idx=False)
+            accuracies.append(result["accuracy"])
+        if accuracies:
+            # every rank gathered the same pairs and computed the same numbers: no sync needed, and every rank's
+            # ModelCheckpoint sees the monitored key
+            self.log("val/accuracy", float(np.mean(accuracies)))
+        self._val_outputs = {}
+
+    def configure_optimizers(self):
+        params = [{"params": self.backbone.parameters()}, {"params": self.head.parameters()}]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

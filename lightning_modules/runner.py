@@ -1,0 +1,236 @@
+"""Runs one composed experiment: run directory, resume, seeds, data + module + Trainer from config, results.
+
+``lrface run NAME`` (and ``make experiment NAME=...``) end here. Every DDP rank executes this module: Lightning's
+``ddp`` strategy re-launches the same command line for ranks > 0, SLURM's ``srun`` and ``torchrun`` start one process
+per rank. So anything chosen at start-up that must be shared (the run directory, the checkpoint to resume from) is
+chosen once by the launching process and handed to the others in environment variables, never re-derived per rank.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.loggers import WandbLogger
+
+from callbacks.atomic_checkpoint import AtomicCheckpointIO, atomic_write_text
+from callbacks.history import RunHistory, scalar_metrics
+from callbacks.throughput import ThroughputMonitor
+from lrface.config import instantiate
+
+log = logging.getLogger("lrface")
+
+RUN_DIR_ENV = "LRFACE_RUN_DIR"
+RESUME_ENV = "LRFACE_RESUME_CKPT"
+RESULTS_FILE = "results.json"
+
+
+def _world_size_from_env() -> int:
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 1
+
+
+def _comparable(cfg: DictConfig | dict) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    container.pop("resume", None)
+    return container
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / RESULTS_FILE).exists()
+
+
+def find_auto_resume(cfg: DictConfig) -> tuple[Path, Path] | None:
+    """The newest unfinished run of this experiment with a ``last.ckpt`` and the same config, if any.
+
+    A finished run (it wrote ``results.json``) is not resumed: ``make experiment`` twice gives two runs. A run with a
+    different config (other overrides) is not resumed either: continuing it would silently ignore the new settings.
+    """
+    exp_dir = Path(cfg.run_root) / cfg.name
+    if not exp_dir.is_dir():
+        return None
+    wanted = _comparable(cfg)
+    for run_dir in sorted((p for p in exp_dir.iterdir() if p.is_dir()), reverse=True):
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        if not ckpt.exists() or _finished(run_dir):
+            continue
+        saved = run_dir / "config.yaml"
+        if saved.exists() and _comparable(OmegaConf.load(saved)) == wanted:
+            return run_dir, ckpt
+        log.info("not resuming %s: its config differs from this one", run_dir)
+    return None
+
+
+def _new_run_dir(cfg: DictConfig) -> Path:
+    exp_dir = Path(cfg.run_root) / cfg.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir, i = exp_dir / stamp, 1
+    while run_dir.exists():
+        run_dir, i = exp_dir / f"{stamp}-{i}", i + 1
+    return run_dir
+
+
+def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """Chooses (run directory, checkpoint to resume from) once, and exports both for the other ranks.
+
+    Order: an inherited ``LRFACE_RUN_DIR`` (DDP children, SLURM scripts written by ``lrface slurm``); a cluster job id
+    (``SLURM_JOB_ID``, ``TORCHELASTIC_RUN_ID``) that every rank sees alike; otherwise the launching process decides from
+    ``resume``: ``auto`` (newest unfinished matching run, else new), ``never`` (new), or a path (a run directory or a
+    checkpoint file).
+    """
+    resume = "auto" if cfg.resume in (None, "") else str(cfg.resume)
+    if os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        ckpt = os.environ.get(RESUME_ENV) or None
+        if ckpt is None and resume != "never":
+            last = run_dir / "checkpoints" / "last.ckpt"
+            ckpt = last if last.exists() and not _finished(run_dir) else None
+        return run_dir, Path(ckpt) if ckpt else None
+
+    ckpt: Path | None = None
+    if resume not in ("auto", "never"):
+        given = Path(resume)
+        if given.is_dir():
+            run_dir, ckpt = given, given / "checkpoints" / "last.ckpt"
+        else:
+            ckpt = given
+            run_dir = given.parent.parent if given.parent.name == "checkpoints" else _new_run_dir(cfg)
+        if not ckpt.exists():
+            raise FileNotFoundError(f"resume={resume}: no checkpoint at {ckpt}")
+    elif _world_size_from_env() > 1:  # torchrun / srun started every rank at once: derive, don't choose
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        if job == "none":
+            raise RuntimeError(f"several ranks were started without {RUN_DIR_ENV}: set it to the same directory on "
+                               "every node (or use `lrface slurm`, which does)")
+        run_dir = Path(cfg.run_root) / cfg.name / f"job-{job}"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt = last if resume == "auto" and last.exists() and not _finished(run_dir) else None
+    else:
+        found = find_auto_resume(cfg) if resume == "auto" else None
+        run_dir, ckpt = found if found else (_new_run_dir(cfg), None)
+
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    os.environ[RESUME_ENV] = str(ckpt) if ckpt else ""
+    return run_dir, ckpt
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B id of a run directory: a resumed run continues the same W&B run. A sweep agent's id wins."""
+    if os.environ.get("WANDB_RUN_ID"):
+        return os.environ["WANDB_RUN_ID"]
+    digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{run_dir.parent.name}-{run_dir.name}-{digest}")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] = ()) -> pl.Trainer:
+    """The Trainer from ``cfg.trainer`` plus the suite's callbacks, loggers and atomic checkpoint I/O."""
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    devices, num_nodes = tcfg.get("devices", 1), tcfg.get("num_nodes", 1)
+    many = (isinstance(devices, int) and devices > 1) or (isinstance(devices, (list, tuple)) and len(devices) > 1)
+    if tcfg.get("strategy") in (None, "auto") and (many or num_nodes > 1):
+        tcfg["strategy"] = "ddp"
+
+    ck = cfg.checkpoint
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best-{epoch}-{step}",
+            monitor=ck.monitor,
+            mode=ck.mode,
+            save_top_k=ck.save_top_k if ck.monitor else 0,
+            save_last=True,
+            every_n_train_steps=ck.every_n_train_steps,
+            auto_insert_metric_name=False,
+        ),
+        ThroughputMonitor(),
+        RunHistory(run_dir / "history.jsonl"),
+    ]
+    bar = cfg.progress_bar
+    if bar == "rich" or (bar == "auto" and sys.stdout.isatty()):
+        callbacks.append(RichProgressBar())
+        tcfg["enable_progress_bar"] = True
+    else:
+        tcfg["enable_progress_bar"] = bar == "tqdm"
+    callbacks += [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    callbacks += list(extra_callbacks)
+
+    logger = False
+    if cfg.logger is not None and cfg.logger.mode != "disabled":
+        logger = WandbLogger(
+            project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
+            tags=list(cfg.logger.tags or []), name=f"{cfg.name}/{run_dir.name}", id=wandb_run_id(run_dir),
+            save_dir=str(run_dir), mode=cfg.logger.mode, resume="allow",
+        )
+    return pl.Trainer(**tcfg, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
+                      default_root_dir=str(run_dir))
+
+
+def prepare_world(cfg: DictConfig) -> None:
+    """Generates the synthetic face world on first use (every rank calls this; a file lock lets one write it)."""
+    if cfg.get("world") is None:
+        return
+    from datamodules.synthetic import ensure_world
+
+    ensure_world(cfg.world.root, scale=cfg.world.scale, seed=cfg.world.seed)
+
+
+def write_results(run_dir: Path, metrics: dict[str, float], extra: dict[str, Any] | None = None) -> str:
+    """Writes ``results.json`` and ``results.md`` (atomically) and returns the Markdown table."""
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
+    md = f"# Results: {run_dir.parent.name} / {run_dir.name}\n\n| metric | value |\n|---|---|\n{rows}\n"
+    atomic_write_text(run_dir / "results.md", md)
+    atomic_write_text(run_dir / RESULTS_FILE, json.dumps({"metrics": metrics, **(extra or {})}, indent=2) + "\n")
+    return md
+
+
+def print_results(title: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Trains (or resumes) the experiment in ``cfg`` and returns its final metrics (rank 0; {} elsewhere)."""
+    run_dir, ckpt = resolve_run_dir(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    prepare_world(cfg)
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module)
+    trainer = build_trainer(cfg, run_dir)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("run directory: %s%s", run_dir, f" (resuming {ckpt})" if ckpt else "")
+    for logger in trainer.loggers:
+        logger.log_hyperparams(resolved)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+
+    metrics = scalar_metrics(trainer.callback_metrics)
+    if trainer.is_global_zero and not trainer.interrupted:
+        metrics["trainer/global_step"] = float(trainer.global_step)
+        metrics["trainer/epochs"] = float(trainer.current_epoch)
+        write_results(run_dir, metrics)
+        if isinstance(trainer.logger, WandbLogger):
+            trainer.logger.log_table("results", columns=["metric", "value"], data=sorted(metrics.items()))
+        print_results(f"{cfg.name} — {run_dir}", metrics)
+    return metrics if trainer.is_global_zero else {}

@@ -1,0 +1,141 @@
+"""The ``lrface`` command.
+
+    lrface run NAME [key=value ...] [--print-config]     train / resume experiments/NAME.yaml
+    lrface list                                          the experiments
+    lrface sweep NAME [--count N]                        create a W&B sweep from experiments/sweeps/NAME.yaml + agent
+    lrface slurm NAME --nodes N --gpus G [key=value ...] write (and submit) an sbatch script
+    lrface data synth [--root R --scale S --seed N]      write the synthetic face world in the real formats
+    lrface data pack SRC DST                             image folder → InsightFace train.rec/.idx/property
+    lrface weights mtcnn [--dest DIR]                    MTCNN weights out of the facenet-pytorch wheel
+
+This is the one place in ``lrface`` that reaches the layers above it (the Lightning runner, the data writers). It
+does so with ``importlib`` inside the sub-command, so ``import lrface`` stays free of Lightning.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lrface.config import compose, to_yaml
+
+    cfg = compose(args.name, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    runner = importlib.import_module("lightning_modules.runner")
+    runner.run(cfg)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from lrface.config import EXPERIMENTS_DIR
+
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        if path.stem != "defaults":
+            print(path.stem)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from lrface import sweep
+
+    try:
+        sweep.create_and_run(args.name, count=args.count, project=args.project, entity=args.entity)
+    except sweep.SweepUnavailable as exc:
+        print(f"lrface sweep: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_slurm(args: argparse.Namespace) -> int:
+    from lrface.slurm import write_and_submit
+
+    write_and_submit(args.name, args.nodes, args.gpus, args.overrides, submit=not args.no_submit,
+                     partition=args.partition, time_limit=args.time, account=args.account)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    module = {"synth": "datamodules.synthetic", "pack": "datamodules.pack"}[args.what]
+    return importlib.import_module(module).main(list(rest)) or 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from lrface.weights import fetch_mtcnn_weights
+
+    print(fetch_mtcnn_weights(args.dest, wheel=args.wheel))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrface", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train / resume an experiment")
+    p.add_argument("name", help="experiments/<name>.yaml (or a path to a YAML file)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: module.lr=0.01 trainer.devices=8 (+new.key=1)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_cmd_run)
+
+    sub.add_parser("list", help="list the experiments").set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("sweep", help="create a W&B sweep and start an agent (needs a W&B server)")
+    p.add_argument("name")
+    p.add_argument("--count", type=int, default=None, help="runs for this agent (default: until the sweep ends)")
+    p.add_argument("--project", default=None)
+    p.add_argument("--entity", default=None)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("slurm", help="write an sbatch script for multi-node DDP and submit it if sbatch exists")
+    p.add_argument("name")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per node (= tasks per node = trainer.devices)")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--time", default=None, help="SLURM time limit, e.g. 2-00:00:00")
+    p.add_argument("--account", default=None)
+    p.add_argument("--no-submit", action="store_true", help="only write the script")
+    p.set_defaults(func=_cmd_slurm)
+
+    p = sub.add_parser("data", help="dataset tools: synth, pack (see `lrface data synth --help`)", add_help=False)
+    p.add_argument("what", choices=["synth", "pack"])
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("weights", help="fetch the pretrained parts registry packages ship")
+    p.add_argument("what", choices=["mtcnn"])
+    p.add_argument("--dest", default="weights/mtcnn")
+    p.add_argument("--wheel", default=None, help="a local facenet_pytorch-*.whl instead of downloading it")
+    p.set_defaults(func=_cmd_weights)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["data"]:
+        args, rest = parser.parse_known_args(argv[:2])
+        return _cmd_data(args, argv[2:])
+    args = parser.parse_args(argv)
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lrface.config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, OmegaConfBaseException) as exc:  # config mistakes: a message, not a traceback
+        print(f"lrface: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Learning-rate schedules of the reference training recipes."""
+from __future__ import annotations
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def poly_warmup(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, power: float = 1.0) -> LambdaLR:
+    """arcface_torch's ``PolynomialLRWarmup``, stepped per iteration: linear warm-up from 0, then
+    ``(1 - progress)^power`` decay to 0 (power 1 in the current configs: a linear decay).
+
+    Args:
+        total_steps: optimizer steps of the whole run (``trainer.estimated_stepping_batches``).
+        warmup_steps: steps of linear warm-up (arcface_torch: ``warmup_epoch`` × steps per epoch).
+        power: decay exponent.
+    """
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = min(int(warmup_steps), total_steps - 1) if total_steps > 1 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return max(0.0, 1.0 - progress) ** power
+
+    return LambdaLR(optimizer, factor)
