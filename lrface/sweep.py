@@ -41,7 +41,7 @@ def load_sweep(name: str, experiments_dir: Path | None = None) -> dict[str, Any]
     experiment = sweep.pop("experiment")
     sweep.setdefault("name", path.stem)
     sweep.setdefault("program", "lrface.cli")
-    sweep.setdefault("command", [part.format(experiment=experiment) for part in DEFAULT_COMMAND])
+    sweep.setdefault("command", [part.replace("{experiment}", experiment) for part in DEFAULT_COMMAND])
     sweep["_experiment"] = experiment
     return sweep
 
