@@ -208,6 +208,18 @@ def print_results(title: str, metrics: dict[str, float]) -> None:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Trains (or resumes) the experiment in ``cfg`` and returns its final metrics (rank 0; {} elsewhere)."""
+    inherited = {var: os.environ.get(var) for var in (RUN_DIR_ENV, RESUME_ENV)}
+    try:
+        return _run(cfg)
+    finally:  # a second run in the same process (tests, notebooks) must choose its own directory
+        for var, value in inherited.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def _run(cfg: DictConfig) -> dict[str, float]:
     run_dir, ckpt = resolve_run_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     prepare_world(cfg)

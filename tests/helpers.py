@@ -1,0 +1,32 @@
+"""Test-only building blocks (importable by subprocess runs started from the project root)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+
+class SlowDown(pl.Callback):
+    """Sleeps after every training batch so a test can kill a run at a known point."""
+
+    def __init__(self, seconds: float = 0.2):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(self.seconds)
+
+
+def only_run_dir(run_root: Path, name: str) -> Path:
+    runs = [p for p in (run_root / name).iterdir() if p.is_dir()]
+    assert len(runs) == 1, f"expected one run directory, found {runs}"
+    return runs[0]
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())["metrics"]
