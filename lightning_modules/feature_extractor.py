@@ -53,6 +53,10 @@ class FeatureExtractorModule(pl.LightningModule):
         self.head = self.head_factory(in_features=self.embedding_size, out_features=self.num_classes)
 
     def setup(self, stage: str) -> None:
+        if hasattr(self.backbone, "fp16") and str(self.trainer.precision).endswith("-mixed"):
+            # IResNet's fp16=False switches autocast *off* in its trunk (official semantics): under a mixed-precision
+            # Trainer the trunk should follow the outer autocast instead. fc + features stay fp32 either way.
+            self.backbone.fp16 = True
         if self.head is None:
             dm = self.trainer.datamodule if self.trainer is not None else None
             if dm is None or getattr(dm, "num_classes", None) is None:
@@ -66,7 +70,7 @@ class FeatureExtractorModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         embeddings = self(batch["image"])
         logits = self.head(embeddings, batch["identity"])
-        loss = F.cross_entropy(logits, batch["identity"])
+        loss = F.cross_entropy(logits, batch["identity"], ignore_index=-1)
         with torch.no_grad():
             acc = (logits.argmax(1) == batch["identity"]).float().mean()
         self.log("train/loss", loss, prog_bar=True)
@@ -97,7 +101,8 @@ class FeatureExtractorModule(pl.LightningModule):
             index, e1, e2, same = (self.all_gather(t).flatten(0, 1) if self.trainer.world_size > 1 else t
                                    for t in (index, e1, e2, same))
             order = np.unique(index.cpu().numpy(), return_index=True)[1]
-            result = verify_pairs(e1[order].cpu().numpy(), e2[order].cpu().numpy(), same[order].cpu().numpy().astype(bool))
+            e1, e2, same = (t[order].cpu().numpy() for t in (e1, e2, same))
+            result = verify_pairs(e1, e2, same.astype(bool))
             name = names[idx] if idx < len(names) else str(idx)
             self.log(f"val/{name}/accuracy", result["accuracy"], add_dataloader_idx=False)
             self.log(f"val/{name}/accuracy_std", result["accuracy_std"], add_dataloader_idx=False)
