@@ -15,7 +15,7 @@ def decode_image(data: bytes, source: str, *, record=None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # forces a full decode so truncation is caught here, not in a worker later
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataFormatError(source, f"corrupt or truncated image ({exc})", record=record,
                               expected="a complete JPEG/PNG stream") from None
