@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -72,7 +72,8 @@ class FaceDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.on_corrupt = check_on_corrupt(on_corrupt)
 
-    def loader(self, dataset: Dataset, *, train: bool, batch_size: int | None = None) -> DataLoader:
+    def loader(self, dataset: Dataset, *, train: bool, batch_size: int | None = None,
+               collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size or self.batch_size,
@@ -82,5 +83,5 @@ class FaceDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=worker_init_fn,
-            collate_fn=skip_collate,
+            collate_fn=collate_fn or skip_collate,
         )

@@ -1,0 +1,209 @@
+"""FairFace (Kärkkäinen & Joo, WACV 2021): race / gender / age labelled faces from ``fairface_label_{train,val}.csv``.
+
+Each CSV has the header ``file,age,gender,race,service_test``; ``file`` (``train/1.jpg``) is relative to the image
+folder of the chosen margin (``fairface-img-margin025-trainval/`` for padding 0.25, the paper's main setting, or
+``fairface-img-margin125-trainval/`` for 1.25). Labels are mapped to indices in the canonical orders below (race
+order = the official model's ``RACE_MAP``; ages in age order, not string order). The CSV says ``more than 70``
+while the official model code says ``70+``: both are accepted. ``service_test == True`` marks the subset balanced
+over race × gender within each age group (``balanced_only=True`` keeps only it).
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import FaceDataModule
+from datamodules.errors import CorruptLog, DataFormatError, check_on_corrupt, handle_corrupt
+from datamodules.image_io import read_image, to_tensor
+from datamodules.transforms import apply_transform, build_train_augment, resize_uint8
+
+FAIRFACE_RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
+FAIRFACE_GENDERS = ("Male", "Female")
+FAIRFACE_AGES = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70")
+FAIRFACE_HEADER = ("file", "age", "gender", "race", "service_test")
+FAIRFACE_MARGIN_DIRS = {0.25: "fairface-img-margin025-trainval", 1.25: "fairface-img-margin125-trainval"}
+
+_AGE_ALIASES = {"70+": "more than 70"}
+_BOOLS = {"True": True, "False": False, "true": True, "false": False, "TRUE": True, "FALSE": False}
+
+
+def find_fairface_images(root: str | Path, margin: float) -> Path:
+    """The image folder of one margin (the folder holding ``train/`` and ``val/``)."""
+    root = Path(root)
+    if margin not in FAIRFACE_MARGIN_DIRS:
+        raise ValueError(f"margin must be one of {tuple(FAIRFACE_MARGIN_DIRS)}, got {margin!r}")
+    name = FAIRFACE_MARGIN_DIRS[margin]
+    candidates = [root / name, root / name / name]
+    if margin == 0.25:
+        candidates.append(root)  # the 0.25 zip extracted straight into root
+    for folder in candidates:
+        if (folder / "train").is_dir() or (folder / "val").is_dir():
+            return folder
+    raise DataFormatError(root / name, f"missing image folder for margin {margin}",
+                          expected=f"{name}/train/ and {name}/val/ (the contents of {name}.zip)")
+
+
+def read_fairface_csv(path: str | Path) -> dict[str, np.ndarray | list[str]]:
+    """Parse a FairFace label CSV; any deviation raises :class:`DataFormatError` with the line.
+
+    Returns:
+        dict with ``file`` (list of str), ``age``, ``gender``, ``race`` (int64 indices) and ``service_test`` (bool).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "missing annotation file",
+                              expected=f"a CSV with header {','.join(FAIRFACE_HEADER)}")
+    files: list[str] = []
+    ages, genders, races, service = [], [], [], []
+    # utf-8-sig: a CSV re-saved by a spreadsheet starts with a BOM, which would corrupt the first header name.
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+            if header is None or tuple(h.strip() for h in header) != FAIRFACE_HEADER:
+                raise DataFormatError(path, f"wrong header {','.join(header or [])!r}", line=1,
+                                      expected=",".join(FAIRFACE_HEADER))
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(FAIRFACE_HEADER):
+                    raise DataFormatError(path, f"{len(row)} fields", line=line,
+                                          expected=f"{len(FAIRFACE_HEADER)} fields: {','.join(FAIRFACE_HEADER)}")
+                file, age, gender, race, st = (c.strip() for c in row)
+                if not file or file.startswith(("/", "\\")) or ".." in Path(file).parts:
+                    raise DataFormatError(path, f"bad file path {file!r}", line=line,
+                                          expected="a relative path such as train/1.jpg")
+                age = _AGE_ALIASES.get(age, age)
+                for value, vocab, column in ((age, FAIRFACE_AGES, "age"), (gender, FAIRFACE_GENDERS, "gender"),
+                                             (race, FAIRFACE_RACES, "race")):
+                    if value not in vocab:
+                        allowed = ", ".join(repr(v) for v in vocab) + (" (or '70+')" if column == "age" else "")
+                        raise DataFormatError(path, f"unknown {column} {value!r}", line=line,
+                                              expected=f"one of {allowed}")
+                if st not in _BOOLS:
+                    raise DataFormatError(path, f"bad service_test {st!r}", line=line, expected="True or False")
+                files.append(file)
+                ages.append(FAIRFACE_AGES.index(age))
+                genders.append(FAIRFACE_GENDERS.index(gender))
+                races.append(FAIRFACE_RACES.index(race))
+                service.append(_BOOLS[st])
+        except csv.Error as exc:
+            raise DataFormatError(path, f"malformed CSV ({exc})", line=reader.line_num,
+                                  expected="comma-separated fields") from None
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(path, f"not UTF-8 text ({exc.reason})", offset=exc.start,
+                                  expected="a UTF-8 CSV") from None
+    if not files:
+        raise DataFormatError(path, "no data rows", line=2, expected="one row per image after the header")
+    return {"file": files, "age": np.asarray(ages, np.int64), "gender": np.asarray(genders, np.int64),
+            "race": np.asarray(races, np.int64), "service_test": np.asarray(service, bool)}
+
+
+class FairFaceDataset(Dataset):
+    """FairFace images with race, gender and age labels.
+
+    Args:
+        root: folder with ``fairface_label_{train,val}.csv`` and the margin image folders.
+        split: ``"train"`` or ``"val"``.
+        margin: 0.25 or 1.25 (which image folder).
+        balanced_only: keep only ``service_test == True`` rows.
+        transform: per-sample callable on the H×W×3 uint8 RGB image.
+        image_size: resize to this side (or (h, w)); None keeps the native size.
+        on_corrupt: ``"error"`` | ``"skip"`` for unreadable images.
+
+    Items: ``image`` (3×H×W float in [0, 1]), ``race`` / ``gender`` / ``age`` (int64 indices into
+    :data:`FAIRFACE_RACES` / :data:`FAIRFACE_GENDERS` / :data:`FAIRFACE_AGES`), ``service_test`` (bool), ``size``
+    (int64 native [H, W]), ``index``.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", margin: float = 0.25, balanced_only: bool = False,
+                 transform: Callable | None = None, image_size: int | tuple[int, int] | None = None,
+                 on_corrupt: str = "error"):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.root, self.split, self.margin = Path(root), split, float(margin)
+        self.transform, self.image_size = transform, image_size
+        self.on_corrupt = check_on_corrupt(on_corrupt)
+        self.corrupt_log = CorruptLog(f"fairface/{split}")
+        self.csv_path = self.root / f"fairface_label_{split}.csv"
+        table = read_fairface_csv(self.csv_path)
+        self.image_root = find_fairface_images(self.root, self.margin)
+        keep = np.flatnonzero(table["service_test"]) if balanced_only else np.arange(len(table["file"]))
+        self.files = [table["file"][i] for i in keep]
+        self.races, self.genders, self.ages = table["race"][keep], table["gender"][keep], table["age"][keep]
+        self.service_test = table["service_test"][keep]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def label_counts(self, column: str) -> np.ndarray:
+        """Images per class of ``"race"`` (7), ``"gender"`` (2) or ``"age"`` (9) on this dataset."""
+        values, n = {"race": (self.races, 7), "gender": (self.genders, 2), "age": (self.ages, 9)}[column]
+        return np.bincount(values, minlength=n)
+
+    def __getitem__(self, index: int):
+        try:
+            image = read_image(self.image_root / self.files[index])
+        except DataFormatError as err:
+            handle_corrupt(self.on_corrupt, err, self.corrupt_log)
+            return None
+        native = image.shape[:2]
+        if self.image_size is not None:
+            image = resize_uint8(image, self.image_size)
+        image, _ = apply_transform(self.transform, image)
+        return {
+            "image": to_tensor(image),
+            "race": torch.tensor(int(self.races[index]), dtype=torch.int64),
+            "gender": torch.tensor(int(self.genders[index]), dtype=torch.int64),
+            "age": torch.tensor(int(self.ages[index]), dtype=torch.int64),
+            "service_test": bool(self.service_test[index]),
+            "size": torch.tensor(native, dtype=torch.int64),
+            "index": index,
+        }
+
+
+class FairFaceDataModule(FaceDataModule):
+    """FairFace train / val loaders (the paper trains the race head C_R on train and tests on val images).
+
+    Args:
+        root: FairFace folder.
+        margin: 0.25 (default, the paper's main setting) or 1.25.
+        balanced_only: keep only the ``service_test`` balanced subset (both splits).
+        image_size: resize side (112 for the recognition nets); None keeps the native size.
+        train_transform: callable, or a mapping of :func:`~datamodules.transforms.build_train_augment` kwargs.
+        batch_size, num_workers, pin_memory, on_corrupt: see :class:`FaceDataModule`.
+    """
+
+    def __init__(self, root: str, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
+                 on_corrupt: str = "error", margin: float = 0.25, balanced_only: bool = False,
+                 image_size: int | None = 112, train_transform: Callable | Mapping | None = None):
+        super().__init__(batch_size, num_workers, pin_memory, on_corrupt)
+        self.root, self.margin, self.balanced_only, self.image_size = root, margin, balanced_only, image_size
+        self.train_transform = (build_train_augment(**dict(train_transform)) if isinstance(train_transform, Mapping)
+                                else train_transform)
+        self.train_set = self.val_set = None
+
+    def _make(self, split: str, transform=None) -> FairFaceDataset:
+        return FairFaceDataset(self.root, split, margin=self.margin, balanced_only=self.balanced_only,
+                               transform=transform, image_size=self.image_size, on_corrupt=self.on_corrupt)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._make("train", self.train_transform)
+        if stage in (None, "fit", "validate", "test") and self.val_set is None:
+            self.val_set = self._make("val")
+
+    def train_dataloader(self):
+        return self.loader(self.train_set, train=True)
+
+    def val_dataloader(self):
+        return self.loader(self.val_set, train=False)
+
+    def test_dataloader(self):
+        return self.loader(self.val_set, train=False)
