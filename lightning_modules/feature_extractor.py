@@ -104,13 +104,13 @@ class FeatureExtractorModule(pl.LightningModule):
             e1, e2, same = (t[order].cpu().numpy() for t in (e1, e2, same))
             result = verify_pairs(e1, e2, same.astype(bool))
             name = names[idx] if idx < len(names) else str(idx)
-            self.log(f"val/{name}/accuracy", result["accuracy"], add_dataloader_idx=False)
-            self.log(f"val/{name}/accuracy_std", result["accuracy_std"], add_dataloader_idx=False)
+            # every rank gathered the same pairs and computed the same numbers, so the sync is a no-op mean; it keeps
+            # every rank's ModelCheckpoint seeing the monitored key
+            self.log(f"val/{name}/accuracy", result["accuracy"], add_dataloader_idx=False, sync_dist=True)
+            self.log(f"val/{name}/accuracy_std", result["accuracy_std"], add_dataloader_idx=False, sync_dist=True)
             accuracies.append(result["accuracy"])
         if accuracies:
-            # every rank gathered the same pairs and computed the same numbers: no sync needed, and every rank's
-            # ModelCheckpoint sees the monitored key
-            self.log("val/accuracy", float(np.mean(accuracies)))
+            self.log("val/accuracy", float(np.mean(accuracies)), sync_dist=True)
         self._val_outputs = {}
 
     def configure_optimizers(self):
