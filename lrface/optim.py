@@ -24,3 +24,19 @@ def poly_warmup(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, p
         return max(0.0, 1.0 - progress) ** power
 
     return LambdaLR(optimizer, factor)
+
+
+def cosine_warmup(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0) -> LambdaLR:
+    """Linear warm-up from 0, then a half-cosine from the base lr down to ``min_factor`` × base lr (per step)."""
+    import math
+
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = min(int(warmup_steps), total_steps - 1) if total_steps > 1 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
+        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
