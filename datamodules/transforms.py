@@ -109,7 +109,8 @@ def build_train_augment(flip: float = 0.5, color: Mapping | bool | None = True, 
             ``hole_width_range``, ``fill``, ``p``).
         strict: albumentations strict mode: an unknown / removed argument name (e.g. 1.x ``max_holes``) raises
             ``ValueError`` instead of being silently ignored.
-        seed: initial Compose seed (workers are reseeded anyway).
+        seed: initial Compose seed; ``None`` → drawn from torch's seed, so ``seed_everything`` makes single-process
+            (``num_workers=0``) runs reproducible (DataLoader workers are reseeded per worker and epoch anyway).
         flip_pairs: keypoint permutation after a flip (see module docstring).
 
     Returns:
@@ -117,6 +118,8 @@ def build_train_augment(flip: float = 0.5, color: Mapping | bool | None = True, 
     """
     import albumentations as A
 
+    if seed is None:
+        seed = torch.initial_seed() % 2**32
     ops: list = []
     if flip:
         ops.append(A.HorizontalFlip(p=float(flip), strict=strict))
