@@ -35,4 +35,4 @@ def to_tensor(image: np.ndarray):
     """H×W×3 uint8 → float32 3×H×W in [0, 1] (the dataset item convention; nets normalise themselves)."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)

