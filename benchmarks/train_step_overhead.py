@@ -107,7 +107,7 @@ def main() -> None:
     light = lightning_loop(args, images, labels)
     print(f"\n{args.depth} widths={args.widths} emb={args.emb} classes={args.classes} batch={args.batch} "
           f"threads={torch.get_num_threads()}")
-    print(f"| loop | ms/step | images/s |\n|---|---|---|")
+    print("| loop | ms/step | images/s |\n|---|---|---|")
     print(f"| plain PyTorch | {plain * 1e3:.1f} | {args.batch / plain:.1f} |")
     print(f"| Lightning FeatureExtractorModule | {light * 1e3:.1f} | {args.batch / light:.1f} |")
     print(f"| overhead ratio (Lightning / plain) | {light / plain:.3f} | |")
