@@ -206,6 +206,31 @@ def print_results(title: str, metrics: dict[str, float]) -> None:
     Console().print(table)
 
 
+def print_evaluation(evaluation: dict[str, dict[str, float]]) -> None:
+    """One table per group of sets that share their metrics (rows: sets, columns: metrics)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, values in evaluation.items():
+        groups.setdefault(tuple(values), []).append(name)
+    for columns, names in groups.items():
+        table = Table(title="evaluation")
+        if len(columns) <= 8:  # sets as rows
+            table.add_column("set")
+            for col in columns:
+                table.add_column(col, justify="right")
+            for name in names:
+                table.add_row(name, *(f"{evaluation[name][c]:.4f}" for c in columns))
+        else:  # many metrics (QMUL-SurvFace): metrics as rows, so the names stay readable
+            table.add_column("metric")
+            for name in names:
+                table.add_column(name, justify="right")
+            for col in columns:
+                table.add_row(col, *(f"{evaluation[name][col]:.4f}" for name in names))
+        Console(width=120).print(table)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Trains (or resumes) the experiment in ``cfg`` and returns its final metrics (rank 0; {} elsewhere)."""
     inherited = {var: os.environ.get(var) for var in (RUN_DIR_ENV, RESUME_ENV)}
@@ -247,6 +272,5 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.log_table("results", columns=["metric", "value"], data=sorted(metrics.items()))
         print_results(f"{cfg.name} — {run_dir}", metrics)
-        for name, values in evaluation.items():
-            print_results(f"evaluation: {name}", values)
+        print_evaluation(evaluation)
     return metrics if trainer.is_global_zero else {}
