@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import FaceDataModule
-from datamodules.errors import CorruptLog, DataFormatError, check_on_corrupt, handle_corrupt
-from datamodules.image_io import read_image, to_tensor
-from datamodules.transforms import apply_transform, build_train_augment, resize_uint8
+from datamodules.errors import CorruptLog, DataFormatError, check_on_corrupt
+from datamodules.image_io import load_sample
+from datamodules.transforms import build_train_augment
 
 FAIRFACE_RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
 FAIRFACE_GENDERS = ("Male", "Female")
@@ -148,17 +148,13 @@ class FairFaceDataset(Dataset):
         return np.bincount(values, minlength=n)
 
     def __getitem__(self, index: int):
-        try:
-            image = read_image(self.image_root / self.files[index])
-        except DataFormatError as err:
-            handle_corrupt(self.on_corrupt, err, self.corrupt_log)
+        sample = load_sample(self.image_root / self.files[index], image_size=self.image_size, transform=self.transform,
+                             on_corrupt=self.on_corrupt, corrupt_log=self.corrupt_log)
+        if sample is None:
             return None
-        native = image.shape[:2]
-        if self.image_size is not None:
-            image = resize_uint8(image, self.image_size)
-        image, _ = apply_transform(self.transform, image)
+        image, native = sample
         return {
-            "image": to_tensor(image),
+            "image": image,
             "race": torch.tensor(int(self.races[index]), dtype=torch.int64),
             "gender": torch.tensor(int(self.genders[index]), dtype=torch.int64),
             "age": torch.tensor(int(self.ages[index]), dtype=torch.int64),

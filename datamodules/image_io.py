@@ -36,3 +36,22 @@ def to_tensor(image: np.ndarray):
     import torch
 
     return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_sample(path: str | Path, *, image_size, transform, on_corrupt: str, corrupt_log):
+    """The per-item image path shared by the datasets: read → resize to ``image_size`` (None = native) →
+    augment → tensor. Returns ``(3×H×W float tensor, native (H, W))``, or ``None`` when the image is bad and
+    ``on_corrupt="skip"`` (counted and logged by ``corrupt_log``)."""
+    from datamodules.errors import handle_corrupt
+    from datamodules.transforms import apply_transform, resize_uint8
+
+    try:
+        image = read_image(path)
+    except DataFormatError as err:
+        handle_corrupt(on_corrupt, err, corrupt_log)
+        return None
+    native = image.shape[:2]
+    if image_size is not None:
+        image = resize_uint8(image, image_size)
+    image, _ = apply_transform(transform, image)
+    return to_tensor(image), native

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from datamodules.base import FaceDataModule
 from datamodules.errors import CorruptLog, DataFormatError, check_on_corrupt, handle_corrupt, skip_collate
-from datamodules.image_io import read_image, to_tensor
+from datamodules.image_io import load_sample, read_image, to_tensor
 from datamodules.transforms import apply_transform, build_train_augment, resize_tensor, resize_uint8
 
 log = logging.getLogger("lrface.data")
@@ -154,16 +154,12 @@ class SurvFaceImages(Dataset):
         return self._sizes
 
     def __getitem__(self, index: int):
-        try:
-            image = read_image(self.paths[index])
-        except DataFormatError as err:
-            handle_corrupt(self.on_corrupt, err, self.corrupt_log)
+        sample = load_sample(self.paths[index], image_size=self.image_size, transform=self.transform,
+                             on_corrupt=self.on_corrupt, corrupt_log=self.corrupt_log)
+        if sample is None:
             return None
-        native = image.shape[:2]
-        if self.image_size is not None:
-            image = resize_uint8(image, self.image_size)
-        image, _ = apply_transform(self.transform, image)
-        return {"image": to_tensor(image), "identity": torch.tensor(int(self.identities[index]), dtype=torch.int64),
+        image, native = sample
+        return {"image": image, "identity": torch.tensor(int(self.identities[index]), dtype=torch.int64),
                 "distractor": bool(self.distractor[index]), "size": torch.tensor(native, dtype=torch.int64),
                 "index": index}
 

@@ -25,23 +25,18 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
-GENDERS = ("Male", "Female")
-AGE_GROUPS = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70")
+from datamodules.celeba import CELEBA_ATTRIBUTES
+from datamodules.fairface import FAIRFACE_AGES, FAIRFACE_GENDERS, FAIRFACE_RACES
+from lrface.align import ARCFACE_TEMPLATE_112
+
+# the vocabularies and the attribute order of the real datasets the world imitates
+RACES, GENDERS, AGE_GROUPS = FAIRFACE_RACES, FAIRFACE_GENDERS, FAIRFACE_AGES
 AGE_BOUNDS = (0, 3, 10, 20, 30, 40, 50, 60, 70)
-ATTRIBUTE_NAMES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
-    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
-    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
-    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
-    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
-    "Wearing_Necklace", "Wearing_Necktie", "Young",
-)
+ATTRIBUTE_NAMES = CELEBA_ATTRIBUTES
 ATTR = {name: i for i, name in enumerate(ATTRIBUTE_NAMES)}
 
 # Five landmarks (image-left eye, image-right eye, nose tip, left / right mouth corner) in output pixels.
-ARCFACE_TEMPLATE = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655),
-                    (70.7299, 92.2041))
+ARCFACE_TEMPLATE = ARCFACE_TEMPLATE_112
 CELEBA_TEMPLATE = ((69.0, 111.0), (108.0, 111.0), (88.5, 134.5), (72.0, 152.5), (105.5, 152.5))
 # dlib get_face_chip: the mean face spans the unit box; padding p maps u -> (u + p) / (1 + 2p) * size.
 DLIB_UNIT_TEMPLATE = ((0.225, 0.23), (0.775, 0.23), (0.5, 0.60), (0.31, 0.86), (0.69, 0.86))
