@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from datamodules.ms1m import MS1MDataset
 from lightning_modules.runner import run
 from lrface.config import compose
 from tests.conftest import ROOT, smoke_overrides
@@ -32,9 +34,10 @@ def test_ddp_spawn_two_processes_bf16(tiny_world: Path, tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
-def test_real_entry_point_under_ddp(tiny_world: Path, tmp_path: Path) -> None:
+def test_real_entry_point_under_ddp_with_partial_fc(tiny_world: Path, tmp_path: Path) -> None:
+    """`strategy=ddp` re-launches the command line for rank 1; the class centres are sharded across the two ranks."""
     overrides = smoke_overrides("quickstart", tiny_world, tmp_path) + STEPS + [
-        "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+        "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "module.partial_fc_sample_rate=0.5"]
     done = subprocess.run([sys.executable, "-m", "lrface.cli", "run", "quickstart", *overrides], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -42,3 +45,7 @@ def test_real_entry_point_under_ddp(tiny_world: Path, tmp_path: Path) -> None:
     assert results(run_dir)["trainer/global_step"] == EXPECTED_STEPS
     assert [r["step"] for r in history(run_dir)] == [3, 6]
     assert "GLOBAL_RANK: 1" in done.stderr + done.stdout  # a second process really took part
+    # each rank trained its own half of the centres; the checkpoint gathers the whole [C, D] matrix
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    num_classes = MS1MDataset(tiny_world / "ms1m").num_classes
+    assert state["partial_fc.weight"].shape == (num_classes, 32)

@@ -121,3 +121,20 @@ def test_installed_mtcnn_weights_are_the_real_state_dicts() -> None:
     onet = torch.load(dest / "onet.pt", weights_only=True)
     assert any(re.match(r"conv1\.weight", k) for k in onet)
     assert onet["conv1.weight"].shape == (32, 3, 3, 3)
+
+
+def test_data_commands_dispatch(tmp_path: Path) -> None:
+    """`lrface data synth` writes a world the loaders read; `lrface data pack` packs an image folder they read too."""
+    from datamodules.ms1m import MS1MDataset
+    from lrface.cli import main
+
+    world = tmp_path / "world"
+    assert main(["data", "synth", "--root", str(world), "--scale", "tiny", "--datasets", "qmul_survface"]) == 0
+    assert (world / "WORLD.json").exists() and (world / "qmul_survface" / "training_set").is_dir()
+    assert main(["data", "pack", str(world / "qmul_survface" / "training_set"), str(tmp_path / "rec"),
+                 "--size", "112"]) == 0
+    packed = MS1MDataset(tmp_path / "rec")
+    folders = sorted(p for p in (world / "qmul_survface" / "training_set").iterdir() if p.is_dir())
+    assert packed.num_classes == len(folders)
+    assert len(packed) == sum(len(list(f.glob("*.jpg"))) for f in folders)
+    assert packed[0]["image"].shape == (3, 112, 112)
