@@ -201,7 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["data"]:
         args, rest = parser.parse_known_args(argv[:2])
         return _cmd_data(args, argv[2:])
-    args = parser.parse_args(argv)
+    # overrides may come before or after options (`slurm NAME --nodes 2 k=v`): argparse's positional list stops at
+    # the first option, so key=value leftovers are collected here
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if "=" not in a or a.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     from omegaconf.errors import OmegaConfBaseException
 
     from lrface.config import ConfigError

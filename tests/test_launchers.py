@@ -138,3 +138,17 @@ def test_data_commands_dispatch(tmp_path: Path) -> None:
     assert packed.num_classes == len(folders)
     assert len(packed) == sum(len(list(f.glob("*.jpg"))) for f in folders)
     assert packed[0]["image"].shape == (3, 112, 112)
+
+
+def test_slurm_command_line_as_make_passes_it(tmp_path: Path, monkeypatch) -> None:
+    """`make slurm` puts ARGS after the options: they must still reach the script."""
+    from lrface.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["slurm", "quickstart", "--nodes", "2", "--gpus", "4", "--no-submit", "module.optimizer.lr=0.3",
+                 f"run_root={tmp_path}"]) == 0
+    (script,) = tmp_path.glob("quickstart/*/slurm.sbatch")
+    srun = next(line for line in script.read_text().splitlines() if line.startswith("srun "))
+    assert "module.optimizer.lr=0.3" in srun and "trainer.devices=4" in srun and "trainer.num_nodes=2" in srun
+    with pytest.raises(SystemExit):
+        main(["slurm", "quickstart", "--nodes", "2", "--bogus"])
