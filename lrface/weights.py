@@ -86,3 +86,8 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs)
     if weights is not None:
         model.load_state_dict(backbone_state_dict(weights), strict=True)
     return model.eval()
+
+
+# Generator checkpoints (PULSE .pt pair, rosinality .pt, NVlabs stylegan2-ada .pkl) live in lrface.generators; these
+# names are the public API.
+from lrface.generators import UnsafeCheckpointError, load_generator  # noqa: E402,F401
