@@ -43,7 +43,8 @@ def _world_size_from_env() -> int:
 
 def _comparable(cfg: DictConfig | dict) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    container.pop("resume", None)
+    for key in ("resume", "logger", "progress_bar"):  # how a run is watched does not change what it computes
+        container.pop(key, None)
     return container
 
 
@@ -92,8 +93,10 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
     resume = "auto" if cfg.resume in (None, "") else str(cfg.resume)
     if os.environ.get(RUN_DIR_ENV):
         run_dir = Path(os.environ[RUN_DIR_ENV])
+        # set (possibly empty) by the launching process for its DDP children: its decision stands; absent (a SLURM
+        # script, a requeued job, a user) → continue the directory's own last.ckpt
         ckpt = os.environ.get(RESUME_ENV) or None
-        if ckpt is None and resume != "never":
+        if RESUME_ENV not in os.environ and resume != "never":
             last = run_dir / "checkpoints" / "last.ckpt"
             ckpt = last if last.exists() and not _finished(run_dir) else None
         return run_dir, Path(ckpt) if ckpt else None
