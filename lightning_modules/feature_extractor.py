@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_warn
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from lrface.inference import embed_flip_sum, to_model_range
