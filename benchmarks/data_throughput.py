@@ -76,6 +76,9 @@ def _rss_now_kb() -> int:
 
 
 def _worker(mode: str, payload, shard: np.ndarray, queue) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # as a DataLoader worker does: a forked copy of the parent's thread pool oversubscribes
     try:
         import cv2
 
