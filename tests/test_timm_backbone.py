@@ -49,11 +49,14 @@ def test_state_dict_round_trip_and_timm_kwargs() -> None:
     assert len(vit.body.blocks) == 1 and vit(_batch(2, 64)).shape == (2, 8)
 
 
-def test_refuses_pretrained_and_unknown_models() -> None:
+@pytest.mark.parametrize("weights_kwarg", [{"pretrained": True}, {"pretrained_cfg": {}},
+                                           {"pretrained_cfg_overlay": {}}, {"checkpoint_path": "/tmp/x.pth"}])
+def test_refuses_every_way_to_load_weights(weights_kwarg: dict) -> None:
     with pytest.raises(ValueError, match="never loads pretrained"):
-        TimmBackbone("resnet10t", pretrained=True)
-    with pytest.raises(ValueError, match="never loads pretrained"):
-        TimmBackbone("resnet10t", checkpoint_path="/tmp/x.pth")
+        TimmBackbone("resnet10t", **weights_kwarg)
+
+
+def test_refuses_unknown_models() -> None:
     with pytest.raises(ValueError, match="unknown timm model"):
         TimmBackbone("not_a_model_xyz")
 
