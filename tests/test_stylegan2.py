@@ -185,3 +185,23 @@ def test_mean_latent_and_truncation():
     g.latent_avg = m[0]
     z = torch.randn(1, 32)
     assert torch.allclose(g(z, truncation=0.0), g.synthesis(m), atol=1e-6)
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_unfused_modconv_equals_the_grouped_kernel_form(upsample: bool, demodulate: bool) -> None:
+    from lrface.nets.stylegan2 import ModulatedConv2d
+
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(6, 5, 3, 8, demodulate=demodulate, upsample=upsample)
+    x = torch.randn(3, 6, 8, 8, requires_grad=True)
+    style = torch.randn(3, 8)
+    conv.fused = True
+    fused = conv(x, style)
+    (gx_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    conv.fused = False
+    unfused = conv(x, style)
+    (gx_unfused,) = torch.autograd.grad(unfused.square().sum(), x)
+    assert unfused.shape == fused.shape == (3, 5, 16 if upsample else 8, 16 if upsample else 8)
+    torch.testing.assert_close(unfused, fused, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_unfused, gx_fused, rtol=1e-4, atol=1e-5)

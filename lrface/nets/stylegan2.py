@@ -135,11 +135,18 @@ class ModulatedConv2d(nn.Module):
     """Style-modulated convolution with optional demodulation and 2× transposed-conv upsampling + blur.
 
     Weight 1×Cout×Cin×k×k (rosinality layout); modulation ``EqualLinear(style_dim, Cin, bias_init=1)``.
+
+    Two equal computations (stylegan2-ada's ``fused_modconv``): ``fused=True`` builds one modulated kernel per sample
+    and runs a grouped convolution (groups = B, rosinality's way); ``fused=False`` scales the input channels by the
+    style, convolves with the shared kernel and scales the output channels by the demodulation coefficients. The
+    second is a plain batched convolution: on CPU the grouped form gets *slower per sample* as B grows, so the
+    unfused form is the default (PULSE searches batches of B·R latents).
     """
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, demodulate: bool = True,
-                 upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+                 upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1), fused: bool = False):
         super().__init__()
+        self.fused = fused
         self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
         self.upsample, self.demodulate = upsample, demodulate
         if upsample:
@@ -154,6 +161,8 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """x: B×Cin×H×W, style: B×style_dim → B×Cout×H'×W' (H' = 2H when upsampling)."""
         b, cin, h, w = x.shape
+        if not self.fused:
+            return self._forward_unfused(x, self.modulation(style))
         s = self.modulation(style).view(b, 1, cin, 1, 1)
         weight = self.scale * self.weight * s  # B×Cout×Cin×k×k
         if self.demodulate:
@@ -169,6 +178,21 @@ class ModulatedConv2d(nn.Module):
             return self.blur(out)
         out = F.conv2d(x, weight.reshape(b * self.out_channel, cin, k, k), padding=self.padding, groups=b)
         return out.view(b, self.out_channel, out.shape[-2], out.shape[-1])
+
+    def _forward_unfused(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Same result as the fused path: conv(x·s, W)·d with d = rsqrt(Σ_{cin,k,k} (W·s)²) per sample and Cout."""
+        b = x.shape[0]
+        weight = self.scale * self.weight[0]  # Cout×Cin×k×k
+        x = x * s.view(b, -1, 1, 1)
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2))
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # Σ_{cin,k,k} (W_{o,cin,k,k} s_{b,cin})² = (s²) @ (Σ_k W²)ᵀ: B×Cout without a B×Cout×Cin×k×k tensor
+            demod = torch.rsqrt(s.pow(2) @ weight.pow(2).sum([2, 3]).t() + 1e-8)
+            out = out * demod.view(b, self.out_channel, 1, 1)
+        return out
 
 
 class NoiseInjection(nn.Module):
