@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from lrface.io import atomic_write_text  # noqa: F401  (re-exported for the callbacks and the runner)
+
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the destination directory, fsync, then rename over ``path``.
@@ -28,18 +30,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes a text file atomically (temp file in the same directory + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

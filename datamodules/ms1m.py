@@ -6,13 +6,11 @@ Training images come from ``train.rec`` / ``train.idx`` / ``property`` through t
 """
 from __future__ import annotations
 
-import numbers
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from datamodules.base import FaceDataModule
@@ -20,24 +18,9 @@ from datamodules.errors import CorruptLog, DataFormatError, check_on_corrupt, ha
 from datamodules.formats.recordio import InsightFaceRec, read_property
 from datamodules.formats.verification_bin import load_bin_encoded
 from datamodules.image_io import decode_image, to_tensor
+from datamodules.transforms import resize_uint8
 
 DEFAULT_VAL_SETS = ("lfw", "cfp_fp", "agedb_30")
-
-
-def size_hw(image_size) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    if isinstance(image_size, numbers.Integral):
-        return int(image_size), int(image_size)
-    h, w = image_size
-    return int(h), int(w)
-
-
-def resize_rgb(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """H×W×3 uint8 → size[0]×size[1]×3 uint8 (bicubic, antialiased when shrinking); unchanged if already that size."""
-    if size is None or image.shape[:2] == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))
 
 
 class MS1MDataset(Dataset):
@@ -60,7 +43,7 @@ class MS1MDataset(Dataset):
         self.rec = InsightFaceRec(root)
         self.keys = self.rec.image_keys
         self.transform = transform
-        self.image_size = size_hw(image_size)
+        self.image_size = image_size
         self.on_corrupt = check_on_corrupt(on_corrupt)
         self.corrupt_log = CorruptLog(f"MS1M {self.rec.rec_path}")
 
@@ -80,7 +63,7 @@ class MS1MDataset(Dataset):
             handle_corrupt(self.on_corrupt, err, self.corrupt_log)
             return None
         size = torch.tensor(image.shape[:2], dtype=torch.int64)
-        image = resize_rgb(image, self.image_size)
+        image = resize_uint8(image, self.image_size) if self.image_size is not None else image
         if self.transform is not None:
             image = self.transform(image)
         return {"image": to_tensor(image), "identity": label, "size": size, "index": index}
@@ -102,7 +85,7 @@ class VerificationPairs(Dataset):
     def __init__(self, bin_path: str | Path, image_size: int | tuple[int, int] | None = None, lazy: bool = False):
         self.bin_path = Path(bin_path)
         self.name = self.bin_path.stem
-        self.image_size = size_hw(image_size)
+        self.image_size = image_size
         self.lazy = lazy
         self._encoded, self.issame = load_bin_encoded(self.bin_path)
         self._images: np.ndarray | list[np.ndarray] | None = None
@@ -114,7 +97,8 @@ class VerificationPairs(Dataset):
             self._encoded = None
 
     def _decode(self, i: int) -> np.ndarray:
-        return resize_rgb(decode_image(self._encoded[i], str(self.bin_path), record=i), self.image_size)
+        image = decode_image(self._encoded[i], str(self.bin_path), record=i)
+        return resize_uint8(image, self.image_size) if self.image_size is not None else image
 
     def image(self, i: int) -> np.ndarray:
         """Image ``i`` of the 2P as H×W×3 uint8 RGB."""

@@ -19,7 +19,7 @@ from PIL import Image
 
 from datamodules.formats.recordio import write_insightface_rec
 from datamodules.image_io import decode_image, read_image
-from datamodules.ms1m import resize_rgb, size_hw
+from datamodules.transforms import resize_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -57,7 +57,10 @@ def pack_image_folder(src_dir: str | Path, out_dir: str | Path, quality: int = 9
     identities = sorted(p.name for p in src_dir.iterdir() if p.is_dir())
     if not identities:
         raise FileNotFoundError(f"{src_dir}: no identity sub-folders (expected src/<identity>/*.jpg)")
-    size = size_hw(image_size)
+    if image_size is None:
+        size = None
+    else:
+        size = (int(image_size),) * 2 if np.ndim(image_size) == 0 else tuple(int(v) for v in image_size)
     stats = {"copied": 0, "reencoded": 0, "ignored_files": [], "empty_identities": [], "native_sizes": Counter()}
 
     def samples() -> Iterator[tuple[int, bytes]]:
@@ -74,7 +77,7 @@ def pack_image_folder(src_dir: str | Path, out_dir: str | Path, quality: int = 9
                 if _is_jpeg(data) and (size is None or image.shape[:2] == size):
                     stats["copied"] += 1
                 else:
-                    data = encode_jpeg(resize_rgb(image, size), quality)
+                    data = encode_jpeg(resize_uint8(image, size) if size else image, quality)
                     stats["reencoded"] += 1
                 yield label, data
 

@@ -102,6 +102,7 @@ from datamodules.synthetic_faces import (
     sample_identity,
     sample_image_params,
 )
+from lrface.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "DATASETS",
@@ -256,12 +257,6 @@ def _image_rng(seed: int, stream: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(stream), *[int(k) for k in keys]])
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # CelebA
 # --------------------------------------------------------------------------------------------------------------------
@@ -301,13 +296,13 @@ def _write_celeba(out: Path, sc: Scale, seed: int, ranges, renderer: _Renderer) 
         lm_rows.append(f"{names[t]}{pts[0]:6d}" + "".join(f"{v:5d}" for v in pts[1:]))
         bbox_rows.append(names[t] + _wild_bbox(lm, _image_rng(seed, _S_CELEBA, 1, t)))
     header = " ".join(ATTRIBUTE_NAMES)
-    _atomic_text(out / "list_attr_celeba.txt", f"{n}\n{header}\n" + "\n".join(attr_rows) + "\n")
-    _atomic_text(out / "identity_CelebA.txt",
+    atomic_write_text(out / "list_attr_celeba.txt", f"{n}\n{header}\n" + "\n".join(attr_rows) + "\n")
+    atomic_write_text(out / "identity_CelebA.txt",
                  "".join(f"{names[t]} {celeba_id[meta[t][1]]}\n" for t in range(n)))
-    _atomic_text(out / "list_eval_partition.txt", "".join(f"{names[t]} {meta[t][0]}\n" for t in range(n)))
+    atomic_write_text(out / "list_eval_partition.txt", "".join(f"{names[t]} {meta[t][0]}\n" for t in range(n)))
     cols = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
-    _atomic_text(out / "list_landmarks_align_celeba.txt", f"{n}\n{cols}\n" + "\n".join(lm_rows) + "\n")
-    _atomic_text(out / "list_bbox_celeba.txt", f"{n}\nimage_id x_1 y_1 width height\n" + "\n".join(bbox_rows) + "\n")
+    atomic_write_text(out / "list_landmarks_align_celeba.txt", f"{n}\n{cols}\n" + "\n".join(lm_rows) + "\n")
+    atomic_write_text(out / "list_bbox_celeba.txt", f"{n}\nimage_id x_1 y_1 width height\n" + "\n".join(bbox_rows) + "\n")
     return {"images": n, "identities": len(people),
             "partition": {s: int(sum(1 for m in meta if m[0] == p)) for p, s in enumerate(("train", "valid", "test"))}}
 
@@ -377,7 +372,7 @@ def _write_fairface(out: Path, sc: Scale, seed: int, ranges, renderer: _Renderer
         lines = ["file,age,gender,race,service_test"] + [
             f"{split}/{t + 1}.jpg,{AGE_GROUPS[age[t]]},{('Male', 'Female')[gender[t]]},{RACES[race[t]]},"
             f"{bool(service[t])}" for t in range(n)]
-        _atomic_text(out / f"fairface_label_{split}.csv", "\n".join(lines) + "\n")
+        atomic_write_text(out / f"fairface_label_{split}.csv", "\n".join(lines) + "\n")
         result[split] = {"images": n, "service_test": int(service.sum())}
     return result
 
@@ -492,9 +487,7 @@ def _savemat(path: Path, variables: dict) -> None:
     scipy.io.savemat(buf, variables)
     data = bytearray(buf.getvalue())
     data[:116] = b"MATLAB 5.0 MAT-file, Platform: posix, written by the lrface synthetic world".ljust(116, b" ")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(bytes(data))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, bytes(data))
 
 
 def _write_qmul(out: Path, sc: Scale, seed: int, ranges, renderer: _Renderer) -> dict:
@@ -581,7 +574,7 @@ def _write_qmul(out: Path, sc: Scale, seed: int, ranges, renderer: _Renderer) ->
               "test_images": len(test), "gallery": len(gallery), "mated_probe": len(mated),
               "unmated_probe": len(test) - len(gallery) - len(mated) + len(strangers), "distractors": len(strangers),
               "positive_pairs": len(positive), "negative_pairs": len(negative)}
-    _atomic_text(out / "readme.txt", _QMUL_README.format(**counts))
+    atomic_write_text(out / "readme.txt", _QMUL_README.format(**counts))
     return counts
 
 
@@ -664,7 +657,7 @@ def generate_world(root: str | Path, scale: str | Scale = "quickstart", seed: in
         raise
     info = {"version": WORLD_VERSION, "scale": scale_name, "sizes": asdict(sc), "seed": int(seed),
             "datasets": list(datasets), "counts": counts, "identity_ranges": {k: list(v) for k, v in ranges.items()}}
-    _atomic_text(root / "WORLD.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_text(root / "WORLD.json", json.dumps(info, indent=2) + "\n")
     return {**info, "seconds": round(time.time() - t0, 2)}
 
 

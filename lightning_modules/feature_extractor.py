@@ -9,7 +9,7 @@ serves the synthetic world and real MS1MV2 (85,742) / MS1MV3 (93,431).
 """
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from lrface.inference import embed_flip_sum, to_model_range
+from lrface.io import atomic_write_bytes
 from lrface.losses.partial_fc import PartialFC, exclude_from_ddp
 from lrface.metrics.verification import verify_pairs
 
@@ -153,9 +154,9 @@ class FeatureExtractorModule(pl.LightningModule):
         out = Path(self.trainer.default_root_dir) / "embeddings"
         out.mkdir(parents=True, exist_ok=True)
         for name, arrays in self._last_embeddings.items():
-            tmp = out / f".{name}.tmp.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, out / f"{name}.npz")
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            atomic_write_bytes(out / f"{name}.npz", buf.getvalue())
 
     def configure_optimizers(self):
         head = self.partial_fc if self.partial_fc is not None else self.head

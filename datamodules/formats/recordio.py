@@ -24,6 +24,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from datamodules.errors import DataFormatError
+from lrface.io import atomic_write_text
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -522,12 +523,6 @@ class RecordIOWriter:
 # ----------------------------------------------------------------------------------------------------------------------
 # Layers 4-5: InsightFace folders
 # ----------------------------------------------------------------------------------------------------------------------
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="ascii")
-    os.replace(tmp, path)
-
-
 def _hw(image_size) -> tuple[int, int]:
     if isinstance(image_size, numbers.Integral):
         return int(image_size), int(image_size)
@@ -595,7 +590,7 @@ def write_insightface_rec(out_dir: str | Path, samples: Iterable[tuple[int, byte
             for k in range(num_classes):
                 writer.write(end_key + k, pack(IRHeader(2, (float(starts[k]), float(starts[k + 1])), end_key + k, 0)))
             writer.overwrite(0, pack(IRHeader(2, (float(end_key), float(end_key + num_classes)), 0, 0)))
-    _write_text_atomic(out_dir / "property", f"{num_classes},{h},{w}\n")
+    atomic_write_text(out_dir / "property", f"{num_classes},{h},{w}\n")
     return {"num_images": int(n), "num_classes": num_classes, "image_size": (h, w)}
 
 

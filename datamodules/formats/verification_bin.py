@@ -8,7 +8,6 @@ they are read by :class:`RestrictedUnpickler`, which resolves only the numpy glo
 from __future__ import annotations
 
 import io
-import os
 import pickle
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 
 from datamodules.errors import DataFormatError
 from datamodules.image_io import decode_image
+from lrface.io import atomic_write_bytes
 
 
 class UnsafePickleError(DataFormatError):
@@ -142,6 +142,4 @@ def write_bin(path: str | Path, encoded_images: Sequence[bytes], issame: Sequenc
         raise ValueError(f"{len(bins)} images for {len(same)} pairs; need exactly 2 per pair")
     buf = io.BytesIO()
     pickle.dump((bins, same), buf, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
