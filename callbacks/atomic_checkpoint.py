@@ -2,34 +2,22 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lrface.io import atomic_write_text  # noqa: F401  (re-exported for the callbacks and the runner)
+from lrface.io import atomic_write, atomic_write_text  # noqa: F401  (atomic_write_text re-exported)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the destination directory, fsync, then rename over ``path``.
+    """``torch.save`` through :func:`lrface.io.atomic_write` (temporary file beside ``path``, fsync, rename).
 
     Lightning's own ``_atomic_save`` stages through fsspec, whose local transaction writes into the system temp
     directory and moves the file afterwards: across filesystems that move is a copy, and a SIGKILL in the middle of it
     leaves a truncated ``last.ckpt`` that the next resume chokes on. A rename inside one directory is atomic.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
