@@ -243,7 +243,10 @@ class CelebADataset(Dataset):
             an :class:`~datamodules.transforms.AlbumentationsTransform` also moves the landmarks.
         image_size: resize the 178×218 crop to this side (or (h, w)); None keeps the native size. With
             ``align=True`` it is the aligned crop side (default 112).
-        align: warp each image to the ArcFace template from its 5 landmarks (insightface ``norm_crop``).
+        align: warp each image by the similarity that takes its 5 landmarks onto a template: ``True`` /
+            ``"arcface"`` the ArcFace 112 template (insightface ``norm_crop``); ``"ffhq"`` the FFHQ framing of
+            StyleGAN generators (:func:`lrface.align.ffhq_template_np`, looser: hair and chin in view), as the
+            embedded generator is trained on.
         on_corrupt: ``"error"`` | ``"skip"`` for unreadable images (skipped items are ``None``).
         annotations: already parsed tables (share one parse between splits).
 
@@ -253,10 +256,12 @@ class CelebADataset(Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
-                 image_size: int | tuple[int, int] | None = None, align: bool = False, on_corrupt: str = "error",
-                 annotations: CelebAAnnotations | None = None):
+                 image_size: int | tuple[int, int] | None = None, align: bool | str = False,
+                 on_corrupt: str = "error", annotations: CelebAAnnotations | None = None):
         if split not in CELEBA_SPLITS:
             raise ValueError(f"split must be one of {tuple(CELEBA_SPLITS)}, got {split!r}")
+        if align not in (False, True, "arcface", "ffhq"):
+            raise ValueError(f"align must be False, True / 'arcface' or 'ffhq', got {align!r}")
         self.root, self.split, self.transform, self.align = Path(root), split, transform, align
         self.image_size = 112 if (align and image_size is None) else image_size
         if align and not isinstance(self.image_size, int):
@@ -291,7 +296,13 @@ class CelebADataset(Dataset):
         native = image.shape[:2]
         points = self.landmarks[index].copy()
         if self.align:
-            matrix = estimate_similarity_np(points, arcface_template_np(self.image_size))
+            if self.align == "ffhq":
+                from lrface.align import ffhq_template_np
+
+                template = ffhq_template_np(self.image_size)
+            else:
+                template = arcface_template_np(self.image_size)
+            matrix = estimate_similarity_np(points, template)
             image = warp_np(image, matrix, self.image_size)
             points = transform_points_np(points, matrix).astype(np.float32)
         elif self.image_size is not None:
@@ -391,7 +402,7 @@ class CelebADataModule(FaceDataModule):
     """
 
     def __init__(self, root: str, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
-                 on_corrupt: str = "error", image_size: int | None = None, align: bool = False,
+                 on_corrupt: str = "error", image_size: int | None = None, align: bool | str = False,
                  train_transform: Callable | Mapping | None = None, val_pairs: int = 0, test_pairs: int = 0,
                  pair_seed: int = 0):
         super().__init__(batch_size, num_workers, pin_memory, on_corrupt)

@@ -162,6 +162,10 @@ SCALES: dict[str, Scale] = {
                         ms1m_images=(16, 24), bin_ids=20, bin_pairs=200, qmul_train_ids=120,
                         qmul_train_images=(8, 14), qmul_test_ids=140, qmul_test_images=(6, 10), qmul_distractors=150,
                         qmul_pairs=300),
+    # generator training (experiment stylegan2_synthetic): the quickstart world with ~17,000 CelebA photographs
+    "gan": Scale(celeba_ids=1000, celeba_images=(14, 20), fairface_train=800, fairface_val=200, ms1m_ids=130,
+                 ms1m_images=(16, 24), bin_ids=20, bin_pairs=200, qmul_train_ids=120, qmul_train_images=(8, 14),
+                 qmul_test_ids=140, qmul_test_images=(6, 10), qmul_distractors=150, qmul_pairs=300),
 }
 
 # Demographic priors per dataset (race in RACES order; ages over AGE_GROUPS).

@@ -316,7 +316,8 @@ def load_generator(path: str | os.PathLike) -> torch.nn.Module:
     - PULSE StyleGAN1: a directory holding ``*synthesis.pt`` (+ ``*mapping.pt``), or the ``synthesis.pt`` path →
       ``lrface.nets.stylegan1.StyleGAN1Generator``.
     - rosinality StyleGAN2 ``.pt``: a dict with ``g_ema`` (loaded ``weights_only=True``; size, channels and depth
-      inferred from the keys) → ``StyleGAN2Generator``; ``latent_avg`` is kept as the ``latent_avg`` buffer.
+      inferred from the keys) → ``StyleGAN2Generator``; ``latent_avg`` is kept as the ``latent_avg`` buffer, and
+      our own checkpoints' ``face_template`` (5×2 landmark pixels of the training framing) as ``face_template``.
     - NVlabs stylegan2-ada ``.pkl``: ``G_ema`` read with ``RestrictedUnpickler`` and mapped by
       ``nvlabs_to_rosinality`` → ``StyleGAN2Generator`` with ``latent_avg`` = ``mapping.w_avg`` and the pickle's
       ``conv_clamp``, ``lr_multiplier`` (the layers run in float32 as NVlabs does on CPU).
@@ -345,6 +346,11 @@ def load_generator(path: str | os.PathLike) -> torch.nn.Module:
         gen = _rosinality_generator(obj["g_ema"])
         if isinstance(obj.get("latent_avg"), torch.Tensor):
             gen.latent_avg = obj["latent_avg"].detach().reshape(-1).float()
+        template = obj.get("face_template")
+        if isinstance(template, torch.Tensor):
+            if template.shape != (5, 2):
+                raise ValueError(f"{path}: face_template must be 5×2 landmark pixels, got {tuple(template.shape)}")
+            gen.face_template = template.detach().float()
     gen.eval().requires_grad_(False)
     return gen
 

@@ -382,3 +382,105 @@ class StyleGAN2Generator(nn.Module):
         """Mean of ``mapping`` over ``n_latent`` z ~ N(0, I): 1×style_dim (rosinality's ``mean_latent``)."""
         z = torch.randn(n_latent, self.style_dim, device=self.input.input.device)
         return self.style(z).mean(0, keepdim=True)
+
+
+class EqualConv2d(nn.Module):
+    """Equalised-learning-rate convolution: weight ~ N(0, 1) scaled by 1/sqrt(fan_in) at run time (rosinality's)."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channel, in_channel, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channel)) if bias else None
+        self.scale = 1.0 / math.sqrt(in_channel * kernel_size ** 2)
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+
+class ConvLayer(nn.Sequential):
+    """[Blur →] EqualConv2d [→ FusedLeakyReLU]; with ``downsample`` a blur then a stride-2 conv (rosinality's
+    ``ConvLayer``: children are numbered, so keys read ``0.weight``, ``1.bias`` or ``0.kernel``, ``1.weight``, ...)."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, downsample: bool = False,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), bias: bool = True, activate: bool = True):
+        layers: list[nn.Module] = []
+        if downsample:
+            p = (len(blur_kernel) - 2) + (kernel_size - 1)
+            layers.append(Blur(blur_kernel, pad=((p + 1) // 2, p // 2)))
+            stride, padding = 2, 0
+        else:
+            stride, padding = 1, kernel_size // 2
+        layers.append(EqualConv2d(in_channel, out_channel, kernel_size, stride=stride, padding=padding,
+                                  bias=bias and not activate))
+        if activate:
+            layers.append(FusedLeakyReLU(out_channel))
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    """Discriminator residual block: two 3×3 convs (the second downsampling) plus a 1×1 downsampling skip, summed and
+    divided by sqrt(2) to keep the variance."""
+
+    def __init__(self, in_channel: int, out_channel: int, blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__()
+        self.conv1 = ConvLayer(in_channel, in_channel, 3, blur_kernel=blur_kernel)
+        self.conv2 = ConvLayer(in_channel, out_channel, 3, downsample=True, blur_kernel=blur_kernel)
+        self.skip = ConvLayer(in_channel, out_channel, 1, downsample=True, blur_kernel=blur_kernel, activate=False,
+                              bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2.0)
+
+
+class StyleGAN2Discriminator(nn.Module):
+    """StyleGAN2 residual discriminator with rosinality's ``Discriminator`` key layout (a ``train.py`` checkpoint's
+    ``d`` loads strict).
+
+    fromRGB 1×1 conv at ``size`` → ResBlocks halving the resolution down to 4×4 → minibatch standard deviation
+    (groups of ``stddev_group``, ``stddev_feat`` channels) → 3×3 conv → two equalised linears → one logit.
+
+    Args:
+        size: input resolution (power of two ≥ 8).
+        channel_multiplier: as the generator's.
+        channels: optional resolution → channels table (must cover ``size`` … 4).
+        blur_kernel: FIR taps of the downsampling blur.
+        stddev_group: minibatch-stddev group size (reduced to a divisor of the batch when the batch is smaller or
+            not a multiple, as rosinality does).
+    """
+
+    def __init__(self, size: int, channel_multiplier: int = 2, channels: dict[int, int] | None = None,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), stddev_group: int = 4, stddev_feat: int = 1):
+        super().__init__()
+        log_size = int(math.log2(size))
+        if 2 ** log_size != size or size < 8:
+            raise ValueError(f"size must be a power of two >= 8, got {size}")
+        self.channels = dict(channels) if channels is not None else default_channels(channel_multiplier)
+        missing = [2 ** i for i in range(2, log_size + 1) if 2 ** i not in self.channels]
+        if missing:
+            raise ValueError(f"channels has no entry for resolutions {missing}")
+        blocks: list[nn.Module] = [ConvLayer(3, self.channels[size], 1)]
+        in_channel = self.channels[size]
+        for i in range(log_size, 2, -1):
+            out_channel = self.channels[2 ** (i - 1)]
+            blocks.append(ResBlock(in_channel, out_channel, blur_kernel))
+            in_channel = out_channel
+        self.convs = nn.Sequential(*blocks)
+        self.stddev_group, self.stddev_feat = stddev_group, stddev_feat
+        self.final_conv = ConvLayer(in_channel + 1, self.channels[4], 3)
+        self.final_linear = nn.Sequential(EqualLinear(self.channels[4] * 4 * 4, self.channels[4], activation=True),
+                                          EqualLinear(self.channels[4], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B×3×size×size images in [-1, 1] → B×1 logits (real > 0)."""
+        out = self.convs(x)
+        b, c, h, w = out.shape
+        group = min(b, self.stddev_group)
+        while b % group:
+            group -= 1
+        y = out.view(group, -1, self.stddev_feat, c // self.stddev_feat, h, w)
+        y = torch.sqrt(y.var(0, unbiased=False) + 1e-8).mean([2, 3, 4], keepdim=True).squeeze(2)
+        y = y.repeat(group, 1, h, w)
+        out = self.final_conv(torch.cat([out, y], 1))
+        return self.final_linear(out.view(b, -1))
