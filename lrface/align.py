@@ -219,3 +219,184 @@ def align_face_np(image: np.ndarray, landmarks: np.ndarray, size: int = 112, *,
     """
     matrix = estimate_similarity_np(landmarks, arcface_template_np(size))
     return warp_np(image, matrix, size, backend=backend), transform_points_np(landmarks, matrix)
+
+
+# -- generator framing (FFHQ) -------------------------------------------------------------------------------------
+
+# Where the five landmarks sit in an FFHQ-aligned 1024×1024 image. FFHQ's rule (PULSE's align_face, reference
+# §8) builds the crop quad from the eye midpoint e and the eye-to-mouth vector: side 2·max(2|e2e|, 1.8|e2m|) and
+# centre e + 0.1·e2m. With the typical frontal proportion |e2m| = |e2e| = d the first term wins, so the side is 4d:
+# d = 1024/4 = 256, the eyes sit at 512 ∓ 128 on a line 0.1·d = 25.6 px above the centre (y = 486.4), the mouth
+# d below them (y = 742.4). The mouth width (0.828·d) and the nose height (0.495 of the eye→mouth drop) are taken
+# from the ArcFace template's proportions. Values rounded to whole pixels. A choice, not a measurement: every
+# consumer accepts another template (``generator.face_template`` or an explicit argument).
+FFHQ_TEMPLATE_1024 = (
+    (384.0, 486.0),  # left eye
+    (640.0, 486.0),  # right eye
+    (512.0, 612.0),  # nose tip
+    (406.0, 742.0),  # left mouth corner
+    (618.0, 742.0),  # right mouth corner
+)
+
+
+def ffhq_template(resolution: int = 1024, *, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> Tensor:
+    """The FFHQ five-point template scaled to a ``resolution``×``resolution`` image (plain ``resolution/1024``
+    scaling, as :func:`arcface_template`).
+
+    Returns:
+        5×2 tensor of (x, y) pixel coordinates.
+    """
+    return torch.tensor(FFHQ_TEMPLATE_1024, dtype=dtype, device=device) * (resolution / 1024.0)
+
+
+def ffhq_template_np(resolution: int = 1024) -> np.ndarray:
+    """NumPy twin of :func:`ffhq_template`: 5×2 float64."""
+    return np.asarray(FFHQ_TEMPLATE_1024, dtype=np.float64) * (resolution / 1024.0)
+
+
+def generator_resolution(generator) -> int:
+    """Output side of a generator: ``size`` (StyleGAN2) or ``resolution`` (StyleGAN1)."""
+    for name in ("size", "resolution"):
+        value = getattr(generator, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise AttributeError(f"{type(generator).__name__} has neither an int `size` nor `resolution` attribute")
+
+
+def generator_template(generator, resolution: int | None = None) -> Tensor:
+    """Where a generator puts the five landmarks: its own ``face_template`` (5×2, in its output pixels) if it has
+    one, else the FFHQ template.
+
+    Args:
+        generator: a generator module (``size`` or ``resolution`` gives its output side).
+        resolution: the pixel grid of the returned template; default the generator's own output side.
+
+    Returns:
+        5×2 float32 (x, y) on the generator's device when it has parameters.
+    """
+    own = generator_resolution(generator)
+    resolution = own if resolution is None else int(resolution)
+    device = next((p.device for p in generator.parameters()), None) if hasattr(generator, "parameters") else None
+    template = getattr(generator, "face_template", None)
+    if template is None:
+        return ffhq_template(resolution, device=device)
+    template = torch.as_tensor(template, dtype=torch.float32, device=device)
+    if template.shape != (5, 2):
+        raise ValueError(f"{type(generator).__name__}.face_template must be 5×2, got {tuple(template.shape)}")
+    return template * (resolution / own)
+
+
+class FixedAlignment(torch.nn.Module):
+    """A fixed, differentiable similarity warp from a known framing (e.g. a generator's FFHQ template) to the ArcFace
+    crop: what feeds the generated images to F during the constrained search (seed paper Eq. 4–8).
+
+    Args:
+        landmarks: 5×2 (x, y) landmark positions, in pixels of a ``resolution``×``resolution`` image.
+        resolution: the pixel grid of ``landmarks``.
+        size: side of the ArcFace crop.
+    """
+
+    def __init__(self, landmarks: Tensor, resolution: int, size: int = 112):
+        super().__init__()
+        landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
+        if landmarks.shape != (5, 2):
+            raise ValueError(f"expected 5×2 landmarks, got {tuple(landmarks.shape)}")
+        self.resolution, self.size = int(resolution), int(size)
+        self.register_buffer("matrix", estimate_similarity(landmarks.cpu(), arcface_template(size)))
+
+    @classmethod
+    def for_generator(cls, generator, size: int = 112) -> "FixedAlignment":
+        """From ``generator_template(generator)`` at the generator's own resolution."""
+        resolution = generator_resolution(generator)
+        template = generator_template(generator, resolution)
+        return cls(template.cpu(), resolution, size).to(template.device)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Warp B×C×R×R images (any R; the landmarks are rescaled by R/resolution) → B×C×size×size.
+
+        Differentiable w.r.t. ``images``; outside pixels are 0 (insightface's border), bilinear, ``align_corners``.
+        """
+        from kornia.geometry.transform import warp_affine
+
+        if images.dim() != 4:
+            raise ValueError(f"expected B×C×H×W images, got {tuple(images.shape)}")
+        compute_dtype = torch.promote_types(images.dtype, torch.float32)
+        m = self.matrix.to(device=images.device, dtype=compute_dtype).clone()
+        m[:, :2] = m[:, :2] * (self.resolution / images.shape[-1])
+        out = warp_affine(images.to(compute_dtype), m.expand(images.shape[0], 2, 3), dsize=(self.size, self.size),
+                          mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out.to(images.dtype)
+
+
+class MTCNNAlignment(torch.nn.Module):
+    """Landmarks detected by MTCNN on the (detached) images, then the differentiable ArcFace warp
+    (:func:`align_faces`): for generators whose faces are not at a fixed place.
+
+    Detection runs on every ``redetect_every``-th call (and whenever the batch shape changes); in between, each batch
+    row keeps its last landmarks. Rows where MTCNN finds no face use ``fallback``; they are counted in
+    :attr:`misses` (once per detection). Without a fallback the images are assumed FFHQ-aligned
+    (``FixedAlignment(ffhq_template(R), R, size)``), the framing every generator is trained on here.
+
+    Args:
+        mtcnn: an :class:`lrface.nets.mtcnn.MTCNN` (anything with ``detect(uint8 H×W×3) → boxes, probs,
+            landmarks N×5×2`` sorted by probability).
+        size: side of the ArcFace crop.
+        fallback: alignment for rows without a detected face.
+        redetect_every: detect on every k-th call.
+    """
+
+    def __init__(self, mtcnn, size: int = 112, fallback: FixedAlignment | None = None, redetect_every: int = 1):
+        super().__init__()
+        if redetect_every < 1:
+            raise ValueError(f"redetect_every must be >= 1, got {redetect_every}")
+        self.mtcnn, self.size, self.fallback, self.redetect_every = mtcnn, int(size), fallback, int(redetect_every)
+        self.misses = 0
+        self.calls = 0
+        self._landmarks: Tensor | None = None  # B×5×2, cached per batch row
+        self._found: Tensor | None = None  # B bool
+        self._shape: tuple[int, ...] | None = None
+
+    @torch.no_grad()
+    def detect(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Most confident face's landmarks per image.
+
+        Args:
+            images: B×3×H×W in [0, 1] (detached and quantised to uint8 for MTCNN).
+
+        Returns:
+            (B×5×2 float32 landmarks on the images' device, zero where none was found; B bool found).
+        """
+        arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        landmarks = torch.zeros(images.shape[0], 5, 2)
+        found = torch.zeros(images.shape[0], dtype=torch.bool)
+        for i, arr in enumerate(arrays):
+            _, probs, points = self.mtcnn.detect(np.ascontiguousarray(arr))
+            if len(probs):
+                landmarks[i] = torch.from_numpy(np.asarray(points[int(np.argmax(probs))], dtype=np.float32))
+                found[i] = True
+        return landmarks.to(images.device), found.to(images.device)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """B×3×H×W images in [0, 1] → B×3×size×size ArcFace crops, differentiable w.r.t. the images."""
+        shape = tuple(images.shape)
+        if self._landmarks is None or shape != self._shape or self.calls % self.redetect_every == 0:
+            self._landmarks, self._found = self.detect(images)
+            self._shape = shape
+            self.misses += int((~self._found).sum())
+        self.calls += 1
+        found = self._found.to(images.device)
+        if bool(found.all()):
+            return align_faces(images, self._landmarks.to(images.device), self.size)
+        # rows are warped separately (not blended with torch.where): the zero landmarks of a missed row give a
+        # degenerate similarity whose warp must not enter the graph at all
+        fallback = self.fallback
+        if fallback is None:
+            fallback = FixedAlignment(ffhq_template(images.shape[-1]), images.shape[-1], self.size)
+        fallback = fallback.to(images.device)
+        hit, miss = found.nonzero().squeeze(1), (~found).nonzero().squeeze(1)
+        out = images.new_zeros(images.shape[0], images.shape[1], self.size, self.size)
+        out = out.index_put((miss,), fallback(images[miss]))
+        if hit.numel():
+            out = out.index_put((hit,), align_faces(images[hit], self._landmarks.to(images.device)[hit], self.size))
+        return out

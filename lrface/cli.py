@@ -9,6 +9,8 @@
     lrface weights mtcnn [--dest DIR]                    MTCNN weights out of the facenet-pytorch wheel
     lrface embed --backbone r50 --weights W (--images DIR | --bin lfw.bin) --out emb.npy
     lrface evaluate --backbone r50 --weights W [--bin a.bin ...] [--survface ROOT] [--out results.json]
+    lrface upscale PHOTO ... --generator G [--features F.ckpt --reference R --race Black --attr Smiling=1] --out DIR
+    lrface judge-generator --generator G --features F.ckpt --celeba ROOT [--fairface ROOT] --out report
 
 ``--weights`` takes an official insightface ``backbone.pth``, a DDP-saved state_dict or one of our Lightning
 checkpoints (``runs/<name>/<run>/checkpoints/*.ckpt``).
@@ -126,6 +128,60 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upscale(args: argparse.Namespace) -> int:
+    from lrface.upscale import upscale_main
+
+    return upscale_main(args)
+
+
+def _cmd_judge_generator(args: argparse.Namespace) -> int:
+    from lrface.weights import load_feature_extractor, load_generator
+
+    coherence = importlib.import_module("callbacks.generator_coherence")
+    kwargs = {"widths": args.widths} if args.widths else {}
+    nets = load_feature_extractor(args.features, backbone=args.backbone, **kwargs)
+    report = coherence.generator_coherence(load_generator(args.generator), nets, args.celeba, args.fairface,
+                                           n_samples=args.samples, seed=args.seed, race_conf=args.race_conf,
+                                           truncation=args.truncation, device=args.device)
+    print(coherence.write_report(report, args.out), end="")
+    return 0
+
+
+def _add_upscale_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("photos", nargs="+", help="photos (a face is detected and aligned) or thumbnails (used as is)")
+    p.add_argument("--generator", required=True,
+                   help="PULSE synthesis.pt (dir), rosinality StyleGAN2 .pt or NVlabs stylegan2-ada .pkl")
+    p.add_argument("--gaussian-fit", default=None, help="PULSE's gaussian_fit.pt (default: computed)")
+    p.add_argument("--fit-samples", type=int, default=100_000, help="mapping samples for the computed Gaussian fit")
+    p.add_argument("--features", default=None, help="F (+ C_R, C_A): runs/<exp>/<run>/checkpoints/*.ckpt or a "
+                   "backbone.pth (then give --backbone)")
+    p.add_argument("--backbone", default=None, help="r18 ... r200 (overrides the run's config.yaml)")
+    p.add_argument("--num-features", type=int, default=None, help="embedding size, with --backbone")
+    p.add_argument("--widths", type=int, nargs=4, default=None, help="stage widths, with --backbone")
+    p.add_argument("--reference", default=None, help="identity constraint L_sim: a photo of the person")
+    p.add_argument("--race", default=None, help="race constraint L_race: White, Black, Latino_Hispanic, East_Asian, "
+                   "Southeast_Asian, Indian, Middle_Eastern (case-insensitive)")
+    p.add_argument("--attr", action="append", default=[], metavar="NAME=0|1",
+                   help="attribute constraint L_att (CelebA names, repeatable): --attr Smiling=1 --attr Male=0")
+    p.add_argument("--lambda-sim", type=float, default=1.0, help="λ1 of L_sim (0 switches it off)")
+    p.add_argument("--lambda-race", type=float, default=1.0, help="λ2 of L_race")
+    p.add_argument("--lambda-att", type=float, default=1.0, help="λ3 of L_att")
+    p.add_argument("--alpha-thr", type=float, default=65.0, help="α_thr of Eq. 4, degrees")
+    p.add_argument("--gamma-temp", type=float, default=10.0, help="γ_temp of Eq. 4, degrees")
+    p.add_argument("--size", type=int, default=32, help="thumbnail side (must divide the generator resolution)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--eps", type=float, default=2e-3, help="per-image stop when the downscale MSE is within eps")
+    p.add_argument("--lr", type=float, default=0.4)
+    p.add_argument("--restarts", type=int, default=1, help="random restarts per input (the best is kept)")
+    p.add_argument("--loss", default="100*L2+0.05*GEOCROSS", help="PULSE loss string")
+    p.add_argument("--seed", type=int, default=0, help="input i uses seed + i")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    p.add_argument("--out", default="upscaled", help="output directory")
+    p.add_argument("--mtcnn-weights", default="weights/mtcnn", help="pnet.pt / rnet.pt / onet.pt directory")
+    p.add_argument("--align", choices=["fixed", "mtcnn"], default="fixed",
+                   help="how generated faces reach F: the generator's fixed template, or MTCNN landmarks")
+
+
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="r50", help="r18 | r34 | r50 | r100 | r200 (iresnet50 also accepted)")
     p.add_argument("--weights", default=None, help="backbone.pth / model.pt / a Lightning .ckpt of ours")
@@ -191,6 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", default="prototypes", choices=["prototypes", "images"])
     p.add_argument("--out", default=None, help="also write the results as JSON")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("judge-generator", help="how often F and a race classifier judge a generator's samples as "
+                                               "coherent faces, side by side with real photographs")
+    p.add_argument("--generator", required=True, help="PULSE .pt pair, rosinality .pt or NVlabs .pkl")
+    p.add_argument("--features", required=True, help="F: a FeatureExtractorModule .ckpt (or backbone.pth + --backbone)")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--widths", type=int, nargs=4, default=None)
+    p.add_argument("--celeba", required=True, help="CelebA folder (test split: real reference and α_thr pairs)")
+    p.add_argument("--fairface", default=None, help="FairFace folder (race probe when F has no race classifier)")
+    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--race-conf", type=float, default=0.5)
+    p.add_argument("--truncation", type=float, default=1.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="coherence", help="report path stem (.json and .md are written)")
+    p.set_defaults(func=_cmd_judge_generator)
+
+    p = sub.add_parser("upscale", help="PULSE upscaling with identity / race / attribute constraints")
+    _add_upscale_args(p)
+    p.set_defaults(func=_cmd_upscale)
     return parser
 
 

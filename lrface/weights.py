@@ -11,6 +11,12 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from lrface.inference import to_model_range
 
 MTCNN_WHEEL = "facenet-pytorch==2.6.0"
 MTCNN_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
@@ -48,6 +54,15 @@ def fetch_mtcnn_weights(dest: str | os.PathLike = "weights/mtcnn", wheel: str | 
     return dest
 
 
+def _load_weights_file(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # weights_only refuses arbitrary pickles: say so instead of a bare UnpicklingError
+        raise ValueError(f"{path}: not a plain weights checkpoint ({type(exc).__name__}: {exc})") from None
+
+
 def backbone_state_dict(path: str | os.PathLike) -> dict:
     """The backbone weights in a checkpoint file, as a plain state_dict with official key names.
 
@@ -55,15 +70,11 @@ def backbone_state_dict(path: str | os.PathLike) -> dict:
     model (``module.`` prefix), and a Lightning checkpoint of ours (``state_dict`` with ``backbone.`` prefix). Loaded
     with ``weights_only=True``: a file that needs pickled code to load is refused.
     """
-    import torch
-
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # weights_only refuses arbitrary pickles: say so instead of a bare UnpicklingError
-        raise ValueError(f"{path}: not a plain weights checkpoint ({type(exc).__name__}: {exc})") from None
+    return _backbone_weights(_load_weights_file(path), path)
+
+
+def _backbone_weights(obj, path: Path) -> dict:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = {k[len("backbone."):]: v for k, v in obj["state_dict"].items() if k.startswith("backbone.")}
         if not obj:
@@ -86,6 +97,137 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs)
     if weights is not None:
         model.load_state_dict(backbone_state_dict(weights), strict=True)
     return model.eval()
+
+
+class FeatureNets(NamedTuple):
+    """The seed paper's F, C_R, C_A (Eq. 4–8), ready for :class:`lrface.losses.identity.PulseConstraints`.
+
+    Attributes:
+        F: aligned faces B×3×h×w in [0, 1] → B×D embeddings (normalises to [-1, 1] and resizes to its input size
+            itself; a :class:`FaceFeatures`).
+        C_R: B×D → B×7 race logits (FairFace order), or None when the checkpoint has no race classifier.
+        C_A: B×D → B×40 attribute logits (CelebA order), or None.
+    """
+
+    F: nn.Module
+    C_R: nn.Module | None
+    C_A: nn.Module | None
+
+
+class FaceFeatures(nn.Module):
+    """A recognition backbone behind the dataset convention: images in [0, 1] at any square size.
+
+    Args:
+        backbone: B×3×S×S in [-1, 1] → B×D (e.g. an IResNet).
+        input_size: S; inputs of another size are resized bilinearly (differentiable, antialiased when shrinking).
+    """
+
+    def __init__(self, backbone: nn.Module, input_size: int = 112):
+        super().__init__()
+        self.backbone, self.input_size = backbone, int(input_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×h×w in [0, 1] → B×D (not normalised), as ``FeatureExtractorModule.forward`` at S×S."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected B×3×h×w images, got {tuple(images.shape)}")
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            shrink = min(images.shape[-2:]) > self.input_size
+            images = nn.functional.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                                               align_corners=False, antialias=shrink)
+        return self.backbone(to_model_range(images))
+
+
+_CLASSIFIERS = {"race_classifier": 7, "attribute_classifier": 40}
+
+
+def _run_config_backbone(path: Path) -> dict | None:
+    """``module.backbone`` of ``<run dir>/config.yaml`` when ``path`` is ``<run dir>/checkpoints/*.ckpt``."""
+    config = path.parent.parent / "config.yaml"
+    if path.parent.name != "checkpoints" or not config.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+    except Exception as exc:
+        raise ValueError(f"{config}: unreadable run config ({type(exc).__name__}: {exc})") from None
+    node = (cfg.get("module") or {}).get("backbone") if isinstance(cfg, dict) else None
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ValueError(f"{config}: no module.backbone with a _target_ (needed to rebuild the backbone of {path})")
+    return node
+
+
+def _classifier(state: dict, name: str, dim: int, path: Path) -> nn.Linear | None:
+    weight, bias = state.get(f"{name}.weight"), state.get(f"{name}.bias")
+    if weight is None:
+        return None
+    expected = _CLASSIFIERS[name]
+    if weight.dim() != 2 or weight.shape != (expected, dim) or bias is None or bias.shape != (expected,):
+        raise ValueError(f"{path}: {name} must be Linear({dim} → {expected}) (weight {expected}×{dim}, bias "
+                         f"{expected}); got weight {tuple(weight.shape)}, bias "
+                         f"{None if bias is None else tuple(bias.shape)}")
+    layer = nn.Linear(dim, expected)
+    layer.load_state_dict({"weight": weight, "bias": bias})
+    return layer
+
+
+def load_feature_extractor(path: str | os.PathLike, backbone: str | None = None, **backbone_kwargs) -> FeatureNets:
+    """F (+ C_R, C_A when present) from a checkpoint.
+
+    - A Lightning ``.ckpt`` of ``FeatureExtractorModule`` (``state_dict`` with ``backbone.*``). The architecture is
+      ``module.backbone`` of ``<run dir>/config.yaml`` when the file is ``<run dir>/checkpoints/*.ckpt``
+      (``backbone_kwargs`` override its entries); an explicit ``backbone`` name replaces it. The classifiers come from
+      ``race_classifier.{weight,bias}`` (D → 7) and ``attribute_classifier.{weight,bias}`` (D → 40) when present.
+    - An insightface ``backbone.pth`` (plain or DDP ``module.`` state_dict): needs ``backbone`` (``r18`` … ``r200``).
+
+    Args:
+        path: the checkpoint.
+        backbone: IResNet name; ``backbone_kwargs`` go to its constructor (``num_features``, ``widths``,
+            ``input_size``, ...).
+
+    Returns:
+        :class:`FeatureNets` in eval mode with ``requires_grad`` off (inference only; the search optimises latents).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not such a checkpoint, or its weights do not fit the architecture (message names it).
+    """
+    from lrface.config import instantiate
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such feature-extractor checkpoint")
+    obj = _load_weights_file(path)
+    lightning = isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
+    full_state = obj["state_dict"] if lightning else {}
+    weights = _backbone_weights(obj, path)
+    if backbone is not None:
+        net = load_backbone(backbone, None, **backbone_kwargs)
+        arch = f"{backbone} {backbone_kwargs or ''}".strip()
+    else:
+        node = _run_config_backbone(path) if lightning else None
+        if node is None:
+            raise ValueError(f"{path}: cannot tell the backbone architecture: "
+                             + ("no <run dir>/config.yaml beside checkpoints/; " if lightning else
+                                "a plain backbone state_dict; ")
+                             + "pass backbone='r50' (and num_features / widths if not the official ones)")
+        node = {**node, **backbone_kwargs}
+        net = instantiate(node)
+        arch = f"{node['_target_']}({', '.join(f'{k}={v}' for k, v in node.items() if k != '_target_')})"
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: backbone weights do not fit {arch}: {exc}") from None
+    dim = getattr(net, "num_features", None)
+    if dim is None:  # a backbone without the attribute: trust the classifiers' input width
+        dim = next((full_state[f"{n}.weight"].shape[-1] for n in _CLASSIFIERS if f"{n}.weight" in full_state), 0)
+    input_size = int(getattr(net, "input_size", backbone_kwargs.get("input_size", 112)))
+    classifiers = (_classifier(full_state, name, int(dim), path) for name in _CLASSIFIERS)
+    nets = FeatureNets(FaceFeatures(net, input_size), *classifiers)
+    for m in nets:
+        if m is not None:
+            m.eval().requires_grad_(False)
+    return nets
 
 
 # Generator checkpoints (PULSE .pt pair, rosinality .pt, NVlabs stylegan2-ada .pkl) live in lrface.generators; these
