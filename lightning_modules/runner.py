@@ -32,6 +32,7 @@ log = logging.getLogger("lrface")
 RUN_DIR_ENV = "LRFACE_RUN_DIR"
 RESUME_ENV = "LRFACE_RESUME_CKPT"
 RESULTS_FILE = "results.json"
+STAGES = ("fit", "predict")  # cfg.stage: trainer.fit, or trainer.predict (e.g. PULSE upscaling over a DataModule)
 
 
 def _world_size_from_env() -> int:
@@ -235,7 +236,8 @@ def print_evaluation(evaluation: dict[str, dict[str, float]]) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Trains (or resumes) the experiment in ``cfg`` and returns its final metrics (rank 0; {} elsewhere)."""
+    """Trains (or resumes) the experiment in ``cfg`` — or, with ``stage: predict``, runs ``trainer.predict`` over its
+    DataModule — and returns its final metrics (rank 0; {} elsewhere)."""
     inherited = {var: os.environ.get(var) for var in (RUN_DIR_ENV, RESUME_ENV)}
     try:
         return _run(cfg)
@@ -248,6 +250,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _run(cfg: DictConfig) -> dict[str, float]:
+    stage = cfg.get("stage") or "fit"
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     run_dir, ckpt = resolve_run_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     prepare_world(cfg)
@@ -263,17 +268,26 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    predict = stage == "predict"
+    if predict:
+        # prediction modules (PulseSearchModule) hold no trained state: nothing to resume from
+        trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    else:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
 
+    # prediction writers (PulseWriter) publish their summary as `<group>/<key>` callback metrics too, so it reaches
+    # this process even from ddp_spawn workers
     metrics = scalar_metrics(trainer.callback_metrics)
     if trainer.is_global_zero and not trainer.interrupted:
-        metrics["trainer/global_step"] = float(trainer.global_step)
-        metrics["trainer/epochs"] = float(trainer.current_epoch)
-        # evaluation callbacks (FaceEvaluation, ...) expose {set: {metric: value}} as `.results`
+        if not predict:
+            metrics["trainer/global_step"] = float(trainer.global_step)
+            metrics["trainer/epochs"] = float(trainer.current_epoch)
+        # evaluation callbacks (FaceEvaluation, ...) and writers expose {set: {metric: value}} as `.results`
         evaluation = {name: values for cb in trainer.callbacks for name, values in getattr(cb, "results", {}).items()}
         write_results(run_dir, metrics, {"evaluation": evaluation} if evaluation else None)
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.log_table("results", columns=["metric", "value"], data=sorted(metrics.items()))
         print_results(f"{cfg.name} — {run_dir}", metrics)
-        print_evaluation(evaluation)
+        if not predict:  # a writer's summary is already in the metrics table
+            print_evaluation(evaluation)
     return metrics if trainer.is_global_zero else {}

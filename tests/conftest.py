@@ -24,14 +24,38 @@ def tiny_world(tmp_path_factory) -> Path:
     from datamodules.synthetic import ensure_world
 
     root = tmp_path_factory.mktemp("world") / "tiny-0"
-    return ensure_world(root, scale="tiny", seed=0)
+    world = ensure_world(root, scale="tiny", seed=0)
+    write_tiny_stylegan2(Path(world) / TINY_GENERATOR)
+    return world
+
+
+# A random 32 px StyleGAN2 in rosinality's checkpoint layout, written into the tiny world: experiments whose real
+# generator cannot ship (pulse_ffhq's official 1024 px weights) point their `smoke` overrides at it.
+TINY_GENERATOR = "weights/stylegan2_tiny.pt"
+TINY_GENERATOR_KWARGS = {"size": 32, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16, 32: 8}}
+
+
+def write_tiny_stylegan2(path: Path, seed: int = 0) -> Path:
+    import torch
+
+    from lrface.nets.stylegan2 import StyleGAN2Generator
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        generator = StyleGAN2Generator(**TINY_GENERATOR_KWARGS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"g_ema": generator.state_dict()}, path)
+    return path
 
 
 def smoke_overrides(name: str, world: Path, run_root: Path) -> list[str]:
     """The overrides that make experiment `name` run in seconds: its own `smoke` list + tiny world + CPU."""
+    from omegaconf import OmegaConf
+
     from lrface.config import compose
 
-    own = list(compose(name).smoke)
+    # unresolved, so an entry like `module.generator=${world.root}/...` follows the world.root set below
+    own = OmegaConf.to_container(compose(name).smoke, resolve=False)
     return own + [
         f"world.root={world}", "world.scale=tiny", f"run_root={run_root}", "data.num_workers=0",
         "trainer.accelerator=cpu", "progress_bar=none",
