@@ -207,12 +207,15 @@ class StyleGAN2Module(pl.LightningModule):
     def _write_grid(self, name: str) -> None:
         if not self.trainer.is_global_zero:
             return
+        from torchvision.utils import make_grid
+
         images = self.sample(self.sample_z)
-        png = image_grid_png(images, nrow=int(math.ceil(math.sqrt(images.shape[0]))))
-        atomic_write_bytes(Path(self.trainer.default_root_dir) / "samples" / f"{name}.png", png)
+        nrow = int(math.ceil(math.sqrt(images.shape[0])))
+        atomic_write_bytes(Path(self.trainer.default_root_dir) / "samples" / f"{name}.png",
+                           image_grid_png(images, nrow=nrow))
         logger = self.logger
-        if logger is not None and hasattr(logger, "log_image"):
-            logger.log_image("samples", [images[:16]], step=self.global_step)
+        if logger is not None and hasattr(logger, "log_image"):  # W&B takes one C×H×W image per entry
+            logger.log_image("samples", [make_grid(images.cpu(), nrow=nrow, padding=2)], step=self.global_step)
 
     def export_generator(self, path: str | Path) -> Path:
         """Writes g_ema as a rosinality checkpoint ``{"g_ema", "latent_avg", "face_template", "config"}`` that
@@ -247,3 +250,24 @@ class StyleGAN2Module(pl.LightningModule):
         g_opt = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(float(b) for b in hp.betas))
         d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(float(b) for b in hp.betas))
         return [g_opt, d_opt]
+
+
+def export_from_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
+    """g_ema of a StyleGAN2Module Lightning checkpoint (``<run dir>/checkpoints/*.ckpt``) → a rosinality-format
+    generator file, e.g. to use a generator while (or after interrupting) its training. The networks are rebuilt from
+    ``<run dir>/config.yaml``."""
+    from omegaconf import OmegaConf
+
+    from lrface.config import instantiate
+
+    ckpt = Path(ckpt)
+    config = ckpt.parent.parent / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{ckpt}: expected the run's config.yaml at {config}")
+    cfg = OmegaConf.load(config)
+    module = instantiate(cfg.module)
+    if not isinstance(module, StyleGAN2Module):
+        raise ValueError(f"{config}: module is {type(module).__name__}, not a StyleGAN2Module")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state, strict=True)
+    return module.export_generator(out)

@@ -10,6 +10,7 @@
     lrface embed --backbone r50 --weights W (--images DIR | --bin lfw.bin) --out emb.npy
     lrface evaluate --backbone r50 --weights W [--bin a.bin ...] [--survface ROOT] [--out results.json]
     lrface upscale PHOTO ... --generator G [--features F.ckpt --reference R --race Black --attr Smiling=1] --out DIR
+    lrface export-generator RUN/checkpoints/last.ckpt --out G.pt    g_ema of a StyleGAN2 training run
     lrface judge-generator --generator G --features F.ckpt --celeba ROOT [--fairface ROOT] --out report
 
 ``--weights`` takes an official insightface ``backbone.pth``, a DDP-saved state_dict or one of our Lightning
@@ -147,6 +148,12 @@ def _cmd_judge_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_generator(args: argparse.Namespace) -> int:
+    stylegan2 = importlib.import_module("lightning_modules.stylegan2")
+    print(stylegan2.export_from_checkpoint(args.checkpoint, args.out))
+    return 0
+
+
 def _add_upscale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("photos", nargs="+", help="photos (a face is detected and aligned) or thumbnails (used as is)")
     p.add_argument("--generator", required=True,
@@ -247,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", default="prototypes", choices=["prototypes", "images"])
     p.add_argument("--out", default=None, help="also write the results as JSON")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export-generator", help="g_ema of a stylegan2 training checkpoint → a generator .pt")
+    p.add_argument("checkpoint", help="runs/<name>/<run>/checkpoints/*.ckpt of a StyleGAN2Module run")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export_generator)
 
     p = sub.add_parser("judge-generator", help="how often F and a race classifier judge a generator's samples as "
                                                "coherent faces, side by side with real photographs")
