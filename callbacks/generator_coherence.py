@@ -67,21 +67,23 @@ def _stack(dataset, limit: int | None, key: str = "image") -> tuple[torch.Tensor
 @torch.no_grad()
 def generator_coherence(generator: Any, nets: FeatureNets, celeba_root: str | Path, fairface_root: str | Path | None,
                         n_samples: int = 512, seed: int = 0, race_conf: float = 0.5, truncation: float = 1.0,
-                        real_limit: int | None = 1000, pairs: int = 1000, device: str = "cpu") -> dict[str, Any]:
+                        real_limit: int | None = 1000, pairs: int = 1000, split: str = "test",
+                        device: str = "cpu") -> dict[str, Any]:
     """The report described in the module docstring.
 
     Args:
         generator: a generator with the ``mapping`` / ``synthesis`` / ``noise_shapes`` protocol, FFHQ-framed (or with a
             ``face_template``).
         nets: F (+ optional C_R) from :func:`lrface.weights.load_feature_extractor`.
-        celeba_root: CelebA folder (test split: real aligned photographs and the α_thr pairs).
+        celeba_root: CelebA folder (``split``: real aligned photographs and the α_thr pairs).
         fairface_root: FairFace folder for the race probe (needed when ``nets.C_R`` is None).
         n_samples: generated faces.
         seed: seed of z and of both noise draws.
         race_conf: confidence a race call must reach.
         truncation: ψ towards the mean w of the drawn batch (1 = none).
         real_limit: CelebA-test photographs used as the real reference.
-        pairs: CelebA-test same and different pairs for α_thr.
+        pairs: CelebA same and different pairs for α_thr.
+        split: the CelebA split (``test``; any with ≥ 2 identities).
         device: where the networks run.
 
     Returns:
@@ -93,7 +95,7 @@ def generator_coherence(generator: Any, nets: FeatureNets, celeba_root: str | Pa
     nets = FeatureNets(*(m.to(device).eval() if m is not None else None for m in nets))
     align = FixedAlignment.for_generator(generator).to(device)
 
-    celeba = CelebADataset(celeba_root, "test", image_size=112, align=True)
+    celeba = CelebADataset(celeba_root, split, image_size=112, align=True)
     real_images, _ = _stack(celeba, real_limit)
     real_images = real_images.to(device)
     same = CelebAPairs(celeba, pairs, same=True, seed=seed)
