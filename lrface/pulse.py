@@ -39,6 +39,7 @@ __all__ = [
 
 #: Slope of the inverse of the mapping network's final LeakyReLU(0.2): lrelu0.2(lrelu5(w)) = w.
 _INVERSE_SLOPE = 5.0
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R BT.601, as PIL's "L" conversion
 _MAPPING_SLOPE = 0.2
 _NORM_EPS = 1e-9
 
@@ -329,6 +330,8 @@ class PulseSearch:
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Per-sample total loss (N,), unclamped MSE (N,) and per-term values (N,) each."""
         lr_images = down(images)
+        if target.shape[1] == 1:  # a grayscale thumbnail constrains luminance only; colours stay free
+            lr_images = (lr_images * _LUMA.to(lr_images)).sum(1, keepdim=True)
         mse = (lr_images - target).pow(2).mean((1, 2, 3))
         terms: dict[str, torch.Tensor] = {}
         total = torch.zeros_like(mse)
@@ -358,7 +361,9 @@ class PulseSearch:
         """Find, per thumbnail, a generated image whose downscale is within eps of it.
 
         Args:
-            thumbnails: B×3×h×w in [0, 1]; the generator resolution R must be an integer multiple of h (= w).
+            thumbnails: B×C×h×h in [0, 1]; the generator resolution R must be an integer multiple of h. C = 3 (RGB),
+                4 (RGBA: composited over black) or 1 (grayscale: the luminance Y = 0.299 R + 0.587 G + 0.114 B of
+                DS(I) is matched, so the search may choose any colours).
             seeds: B integers, one per thumbnail (0 is a valid seed).
             on_step: optional ``on_step(step, state)`` called after every optimiser step with detached
                 ``latent`` (B·R×rows×D), ``noise`` (list of B·R×C×H×W maps), ``active`` (B·R bool) and ``mse``
@@ -370,8 +375,11 @@ class PulseSearch:
             ``losses`` {term: (B,)} plus ``TOTAL``, ``w_plus`` B×n×D of the returned image, ``restart`` (B,) chosen
             restart, ``restart_total`` and ``restart_converged`` (B×R) of each restart's best image.
         """
-        if thumbnails.dim() != 4 or thumbnails.shape[2] != thumbnails.shape[3]:
-            raise ValueError(f"thumbnails must be B×C×h×h, got shape {tuple(thumbnails.shape)}")
+        if thumbnails.dim() != 4 or thumbnails.shape[2] != thumbnails.shape[3] or thumbnails.shape[1] not in (1, 3, 4):
+            raise ValueError(f"thumbnails must be B×C×h×h with C = 1 (gray), 3 (RGB) or 4 (RGBA), got shape "
+                             f"{tuple(thumbnails.shape)}; crop / resize other sizes first (lrface.upscale does)")
+        if thumbnails.shape[1] == 4:  # composite over black, as lrface.upscale.to_rgb_uint8 does for files
+            thumbnails = thumbnails[:, :3] * thumbnails[:, 3:]
         b, _, h, _ = thumbnails.shape
         if len(seeds) != b:
             raise ValueError(f"need one seed per thumbnail: got {len(seeds)} seeds for {b} thumbnails")

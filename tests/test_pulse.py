@@ -254,3 +254,22 @@ def test_noise_rules_trainable_fixed_zero(gen, fit):
         thumbs, seeds=[0, 1], on_step=lambda s, st: snaps.append(st)
     )
     assert all(float(m.abs().max()) == 0.0 for st in snaps for m in st["noise"])
+
+
+def test_grayscale_and_rgba_thumbnails(gen, fit):
+    """Gray thumbnails constrain the luminance of DS(I); RGBA is composited over black; other channel counts fail."""
+    down = BicubicDownsample(4)
+    with torch.no_grad():
+        hr = (gen.synthesis(latent_to_w_plus(torch.randn(2, N_LATENT, DIM), fit["mean"], fit["std"], N_LATENT)) + 1) / 2
+    rgb = down(hr.clamp(0, 1))
+    gray = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    search = PulseSearch(gen, fit, eps=EPS, steps=STEPS, lr=0.2, bad_noise_layers=())
+    out = search.search(gray, seeds=[3, 4])
+    luma = (down(out["images"]) * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert torch.allclose(out["downscale_loss"], (luma - gray).pow(2).mean((1, 2, 3)), atol=1e-4)
+    assert out["downscale_loss"].max() < 4 * EPS
+    rgba = torch.cat([rgb, torch.ones_like(gray)], 1)
+    few = PulseSearch(gen, fit, eps=EPS, steps=2, lr=0.2)
+    assert torch.equal(few.search(rgba, seeds=[3, 4])["images"], few.search(rgb, seeds=[3, 4])["images"])
+    with pytest.raises(ValueError, match="C = 1"):
+        few.search(torch.rand(2, 2, 8, 8), seeds=[0, 1])
