@@ -301,7 +301,11 @@ class PulseSearch:
     def _init_state(
         self, seeds: Sequence[int], device: torch.device
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[bool]]:
-        """Draw latents and noise per thumbnail seed: restart r of thumbnail b uses the (r+1)-th draws of its stream."""
+        """Draw latents and noise per thumbnail seed: restart r of thumbnail b uses the (r+1)-th draws of its stream.
+
+        torch's CPU generator (mt19937) keeps only the low 32 bits of a seed: seeds equal modulo 2³² give equal
+        streams, so derive related seeds with small offsets, not multiples of 2³².
+        """
         shapes = [_per_sample_shape(s) for s in self.generator.noise_shapes()]
         rows = 1 if self.tile_latent else self.n_latent
         latents, noises = [], [[] for _ in shapes]
