@@ -6,16 +6,32 @@ step needs a batch from every dataset (b1..b4). ``train_dataloader`` therefore r
 ``CombinedLoader({name: member.train_dataloader()}, mode)``, whose batches are ``{name: sub_batch}``. With the
 default ``max_size_cycle`` an epoch lasts as long as the longest member and shorter ones restart; ``min_size``
 stops at the shortest. Under DDP Lightning gives every member loader its own ``DistributedSampler``.
+
+A member with nothing to train on (its train loader is None or has length 0, e.g. the lookalike set before its first
+generation) is left out of that epoch's batches: in ``max_size_cycle`` mode an empty member would otherwise end every
+epoch before its first step. With ``reload_dataloaders_every_n_epochs: 1`` it joins once it has data.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
+log = logging.getLogger("lrface.data")
+
 TRAIN_MODES = ("max_size_cycle", "min_size", "max_size")
+
+
+def _is_empty(loader) -> bool:
+    if loader is None:
+        return True
+    try:
+        return len(loader) == 0
+    except TypeError:  # an iterable-style loader has no length: assume it yields
+        return False
 
 
 class MultiTaskDataModule(pl.LightningDataModule):
@@ -29,10 +45,15 @@ class MultiTaskDataModule(pl.LightningDataModule):
             after the other (``sequential``: ``validation_step`` gets ``dataloader_idx`` in the order of
             ``datamodules``). None = no validation.
         test_from: same for ``test_dataloader``.
+        num_workers: if not None, the DataLoader workers of every member that has a ``num_workers`` attribute
+            (one knob for the whole mixture).
+
+    ``val_set_names`` names the validation loaders in ``dataloader_idx`` order: a member's own ``val_set_names``
+    when it returns a list of loaders (MS1M's ``.bin`` sets), else the member's name.
     """
 
     def __init__(self, datamodules: Mapping[str, pl.LightningDataModule], mode: str = "max_size_cycle",
-                 val_from: str | None = "all", test_from: str | None = None):
+                 val_from: str | None = "all", test_from: str | None = None, num_workers: int | None = None):
         super().__init__()
         if not datamodules:
             raise ValueError("MultiTaskDataModule needs at least one member")
@@ -43,6 +64,11 @@ class MultiTaskDataModule(pl.LightningDataModule):
                 raise ValueError(f"unknown member {which!r}; members: {list(datamodules)}")
         self.datamodules = dict(datamodules)
         self.mode, self.val_from, self.test_from = mode, val_from, test_from
+        if num_workers is not None:
+            for dm in self.datamodules.values():
+                if hasattr(dm, "num_workers"):
+                    dm.num_workers = num_workers
+        self._eval_names: dict[str, list[str]] = {}
 
     def _share_trainer(self) -> None:
         trainer = getattr(self, "trainer", None)
@@ -64,21 +90,47 @@ class MultiTaskDataModule(pl.LightningDataModule):
             dm.teardown(stage)
 
     def train_dataloader(self) -> CombinedLoader:
-        return CombinedLoader({name: dm.train_dataloader() for name, dm in self.datamodules.items()}, self.mode)
+        loaders = {}
+        for name, dm in self.datamodules.items():
+            loader = dm.train_dataloader()
+            if _is_empty(loader):
+                log.info("multi-task member %r has no training data this epoch: left out of the batches", name)
+                continue
+            loaders[name] = loader
+        if not loaders:
+            raise ValueError(f"no member of the multi-task mixture has training data ({list(self.datamodules)})")
+        return CombinedLoader(loaders, self.mode)
+
+    @staticmethod
+    def _names(name: str, dm: pl.LightningDataModule, loader) -> list[str]:
+        if not isinstance(loader, (list, tuple)):
+            return [name]
+        own = list(getattr(dm, "val_set_names", []) or [])
+        return own if len(own) == len(loader) else [f"{name}/{i}" for i in range(len(loader))]
 
     def _eval(self, which: str | None, hook: str):
+        self._eval_names[hook] = []
         if which is None:
             return []
         if which != "all":
-            return getattr(self.datamodules[which], hook)()
-        loaders = {}
+            loader = getattr(self.datamodules[which], hook)()
+            self._eval_names[hook] = self._names(which, self.datamodules[which], loader)
+            return loader
+        loaders, names = {}, []
         for name, dm in self.datamodules.items():
             if not is_overridden(hook, dm, pl.LightningDataModule):  # the base hook raises "must be implemented"
                 continue
             loader = getattr(dm, hook)()
             if loader is not None:
                 loaders[name] = loader
+                names += self._names(name, dm, loader)
+        self._eval_names[hook] = names
         return CombinedLoader(loaders, "sequential") if loaders else []
+
+    @property
+    def val_set_names(self) -> list[str]:
+        """Names of the validation loaders in ``dataloader_idx`` order (after ``val_dataloader()``)."""
+        return list(self._eval_names.get("val_dataloader", []))
 
     def val_dataloader(self):
         return self._eval(self.val_from, "val_dataloader")

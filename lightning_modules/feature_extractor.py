@@ -1,11 +1,33 @@
-"""FeatureExtractorModule: ArcFace-style face features (the paper's F_baseline: ArcFace on MS1M).
+"""FeatureExtractorModule: face features F — the seed paper's F_baseline (ArcFace on MS1M) and F_ours (Eq. 10).
 
-Training: aligned faces (B×3×112×112 in [0, 1]) → backbone → B×D embedding → margin head (class centres, fp32
-logits) → cross-entropy. Validation: insightface's `.bin` pair protocol per set (flip-sum TTA, 10-fold accuracy),
-logged as ``val/<set>/accuracy``; the mean over sets is ``val/accuracy`` (the checkpoint monitor).
+Plain batches (``{"image", "identity"}``, one dataset): aligned faces (B×3×112×112 in [0, 1]) → backbone → B×D
+embedding → margin head (class centres, fp32 logits) → cross-entropy: F_baseline, L_arc only.
 
-The head's class count comes from the DataModule (``num_classes``) when the config leaves it null, so one config
-serves the synthetic world and real MS1MV2 (85,742) / MS1MV3 (93,431).
+Multi-task batches (``MultiTaskDataModule``: ``{"ms1m": b1, "lookalike": b2, "fairface": b3, "celeba": b4}``, any
+member absent or None) train F_ours with Eq. 10, L_arc + w_s·L_siam + w_r·L_race^class + w_a·L_attribute^class
+(paper: 10, 10, 10; Alg. 1 draws one sub-batch per dataset per step):
+
+- L_arc on the MS1M sub-batch, as above;
+- L_siam (§3.3) on the lookalike sub-batch (i_GT, i, i', flip(i)) with the module's ``alpha_thr`` (degrees; the
+  lookalike callback re-estimates it per meta-epoch, Alg. 1) and ``gamma_temp``, only while ``siam_enabled``
+  (Alg. 2: L_siam is 0 in the first meta-epoch; the callback switches it on); logged as 0 otherwise;
+- L_race^class (Eq. 9): cross-entropy of ``race_classifier`` (C_R, Linear D → 7) on FairFace;
+- L_attribute^class: class-weighted BCE of ``attribute_classifier`` (C_A, Linear D → 40) on CelebA's attributes,
+  weighted by inverse class frequency (Appendix C) from the CelebA training split's positive rates, read from the
+  DataModule (a member with ``attribute_frequencies()``) at ``setup``.
+
+All sub-batches go through the backbone as one concatenated batch: BatchNorm sees the whole mixture (as it will at
+inference) and DDP sees one forward. C_R / C_A exist only when their weight is > 0 (checkpoint keys
+``race_classifier.*`` / ``attribute_classifier.*``, read back by ``lrface.weights.load_feature_extractor``).
+
+Validation: insightface's `.bin` pair protocol per set (flip-sum TTA, 10-fold accuracy), logged as
+``val/<set>/accuracy``; the mean over sets is ``val/accuracy`` (the checkpoint monitor). A validation loader of
+single images with ``race`` labels (FairFace val) gives ``val/race_accuracy`` (top-1 of C_R); one with
+``attributes`` (CelebA valid) gives ``val/attribute_accuracy`` (mean over the 40 attributes at logit 0) and
+``val/attribute_mAP`` (mean AP over attributes with positives, Appendix C's metric).
+
+The head's class count comes from the DataModule (``num_classes``, or the member that has it) when the config leaves
+it null, so one config serves the synthetic world and real MS1MV2 (85,742) / MS1MV3 (93,431).
 """
 from __future__ import annotations
 
@@ -22,8 +44,32 @@ from torch import nn
 
 from lrface.inference import embed_flip_sum, to_model_range
 from lrface.io import atomic_write_bytes
+from lrface.losses.identity import (ALPHA_THR, GAMMA_TEMP, L_attribute_class, L_race_class, attribute_class_weights,
+                                    feature_extractor_loss)
 from lrface.losses.partial_fc import PartialFC, exclude_from_ddp
+from lrface.losses.siam_batch import L_siam_batch
+from lrface.metrics.average_precision import mean_average_precision
 from lrface.metrics.verification import verify_pairs
+
+#: Member names of a multi-task batch (b1–b4 of Alg. 1) and the term each one trains.
+ARC_MEMBER, SIAM_MEMBER, RACE_MEMBER, ATTRIBUTE_MEMBER = "ms1m", "lookalike", "fairface", "celeba"
+MEMBERS = (ARC_MEMBER, SIAM_MEMBER, RACE_MEMBER, ATTRIBUTE_MEMBER)
+NUM_RACES, NUM_ATTRIBUTES = 7, 40
+#: Appendix C weighting modes → ``attribute_class_weights`` methods (None: unweighted).
+ATTRIBUTE_WEIGHTINGS = {"inverse_frequency": "inverse", "balanced": "balanced", "class_balanced": "effective",
+                        "none": None}
+
+
+def _find_member(datamodule, attribute: str):
+    """The DataModule itself if it has ``attribute``, else its first multi-task member that has it, else None."""
+    if datamodule is None:
+        return None
+    if hasattr(type(datamodule), attribute) or attribute in vars(datamodule):
+        return datamodule
+    for member in getattr(datamodule, "datamodules", {}).values():
+        if hasattr(type(member), attribute) or attribute in vars(member):
+            return member
+    return None
 
 
 class FeatureExtractorModule(pl.LightningModule):
@@ -35,17 +81,35 @@ class FeatureExtractorModule(pl.LightningModule):
         num_classes: identities of the training set; ``None`` → ``trainer.datamodule.num_classes``.
         embedding_size: D (read from the backbone's ``num_features`` when None).
         clip_grad_norm: max L2 norm of the backbone gradients (arcface_torch clips at 5; the head is not clipped).
+            C_R and C_A are clipped to the same norm, each on its own (unclipped, their 10×-weighted losses diverge).
         partial_fc_sample_rate: ``None`` → a full FC head (every rank holds all class centres, replicated by DDP);
             a rate in (0, 1] → Partial FC: the centres are sharded across ranks (kept out of DDP), negatives sampled
             at that rate, the softmax computed jointly (arcface_torch's PartialFC_V2; 1.0 = pure model parallel).
         export_embeddings: write each validation set's flip-sum embeddings to
             ``<run dir>/embeddings/<set>.npz`` (``emb1``, ``emb2``, ``issame``) at the end of training.
+        siam_weight: weight of L_siam in Eq. 10 (paper 10; 0 = never computed).
+        race_weight: weight of L_race^class (paper 10); > 0 creates ``race_classifier`` (C_R).
+        attribute_weight: weight of L_attribute^class (paper 10); > 0 creates ``attribute_classifier`` (C_A).
+        attribute_weighting: Appendix C class weights from the CelebA training split: ``"inverse_frequency"``
+            (w⁺ = 1/p, w⁻ = 1/(1 − p), the paper's "Inverse Class Frequency" and the official code), ``"balanced"``
+            (the same halved: mean weight 1), ``"class_balanced"`` (Cui et al.'s effective number, β =
+            ``attribute_beta``) or ``"none"``.
+        attribute_beta: β of ``"class_balanced"``.
+        attribute_loss: ``"bce"`` (multi-label cross-entropy, the paper's CE) or ``"mse"`` ((σ − y)², official code).
+        alpha_thr: initial α_thr of L_siam in degrees (the lookalike callback overwrites ``self.alpha_thr``).
+        gamma_temp: γ_temp of L_siam in degrees.
+
+    Attributes set by the lookalike callback: ``alpha_thr`` (float, degrees) and ``siam_enabled`` (bool, default
+    False); both are saved in checkpoints.
     """
 
     def __init__(self, backbone: nn.Module, head: Callable[..., nn.Module], optimizer: Callable[..., Any],
                  scheduler: Callable[..., Any] | None = None, num_classes: int | None = None,
                  embedding_size: int | None = None, clip_grad_norm: float | None = 5.0,
-                 partial_fc_sample_rate: float | None = None, export_embeddings: bool = False):
+                 partial_fc_sample_rate: float | None = None, export_embeddings: bool = False,
+                 siam_weight: float = 0.0, race_weight: float = 0.0, attribute_weight: float = 0.0,
+                 attribute_weighting: str = "inverse_frequency", attribute_beta: float = 0.9999,
+                 attribute_loss: str = "bce", alpha_thr: float = ALPHA_THR, gamma_temp: float = GAMMA_TEMP):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "head", "optimizer", "scheduler"])
         self.backbone = backbone
@@ -60,7 +124,31 @@ class FeatureExtractorModule(pl.LightningModule):
         self.partial_fc: PartialFC | None = None
         self._pending_classes = num_classes
         self._val_outputs: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+        self._val_race: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+        self._val_attributes: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         self._last_embeddings: dict[str, dict[str, np.ndarray]] = {}
+
+        if attribute_weighting not in ATTRIBUTE_WEIGHTINGS:
+            raise ValueError(f"attribute_weighting must be one of {tuple(ATTRIBUTE_WEIGHTINGS)}, "
+                             f"got {attribute_weighting!r}")
+        if attribute_loss not in ("bce", "mse"):
+            raise ValueError(f"attribute_loss must be 'bce' or 'mse', got {attribute_loss!r}")
+        if min(siam_weight, race_weight, attribute_weight) < 0:
+            raise ValueError(f"Eq. 10 weights must be ≥ 0, got siam {siam_weight}, race {race_weight}, "
+                             f"attribute {attribute_weight}")
+        self.siam_weight, self.race_weight = float(siam_weight), float(race_weight)
+        self.attribute_weight = float(attribute_weight)
+        self.attribute_weighting, self.attribute_beta = attribute_weighting, float(attribute_beta)
+        self.attribute_loss = attribute_loss
+        self.alpha_thr, self.gamma_temp = float(alpha_thr), float(gamma_temp)
+        self.siam_enabled = False
+        self.race_classifier = nn.Linear(self.embedding_size, NUM_RACES) if race_weight > 0 else None
+        self.attribute_classifier = nn.Linear(self.embedding_size, NUM_ATTRIBUTES) if attribute_weight > 0 else None
+        if self.attribute_classifier is not None:
+            # filled from the CelebA training split at setup; saved so a checkpoint records the weights it used
+            self.register_buffer("attribute_pos_weight", torch.ones(NUM_ATTRIBUTES))
+            self.register_buffer("attribute_neg_weight", torch.ones(NUM_ATTRIBUTES))
+        self._warned_unused: set[str] = set()
 
     def _build_head(self, num_classes: int) -> None:
         self.num_classes = int(num_classes)
@@ -79,20 +167,44 @@ class FeatureExtractorModule(pl.LightningModule):
             # IResNet's fp16=False switches autocast *off* in its trunk (official semantics): under a mixed-precision
             # Trainer the trunk should follow the outer autocast instead. fc + features stay fp32 either way.
             self.backbone.fp16 = True
+        dm = self._trainer.datamodule if self._trainer is not None else None
         if self.head is None and self.partial_fc is None:
             num_classes = self._pending_classes
             if num_classes is None:
-                dm = self.trainer.datamodule if self.trainer is not None else None
-                if dm is None or getattr(dm, "num_classes", None) is None:
+                member = _find_member(dm, "num_classes")
+                if member is None or member.num_classes is None:
                     raise ValueError("module.num_classes is null and the DataModule does not expose num_classes")
-                num_classes = dm.num_classes
+                num_classes = member.num_classes
             self._build_head(num_classes)
+        if self.attribute_classifier is not None and stage == "fit":
+            self._set_attribute_weights(dm)
+
+    def _set_attribute_weights(self, dm) -> None:
+        method = ATTRIBUTE_WEIGHTINGS[self.attribute_weighting]
+        if method is None:
+            return
+        member = _find_member(dm, "attribute_frequencies")
+        if member is None:
+            rank_zero_warn("attribute_weight > 0 but no DataModule member has attribute_frequencies(): the "
+                           "attribute loss stays unweighted")
+            return
+        rates = torch.as_tensor(member.attribute_frequencies(), dtype=torch.float64)
+        train_set = getattr(member, "train_set", None)
+        n = len(train_set) if train_set is not None else None
+        weights = attribute_class_weights(rates, method=method, beta=self.attribute_beta, n_samples=n)
+        self.attribute_pos_weight.copy_(weights.pos)
+        self.attribute_neg_weight.copy_(weights.neg)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """B×3×H×W in [0, 1] → B×D embeddings (not normalised)."""
         return self.backbone(to_model_range(images))
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if "image" in batch:  # one dataset (MS1M): F_baseline's L_arc
+            return self._arc_step(batch)
+        return self._multitask_step(batch)
+
+    def _arc_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         embeddings = self(batch["image"])
         if self.partial_fc is not None:  # the full logits never exist on one rank: no accuracy to log
             loss = self.partial_fc(embeddings, batch["identity"])
@@ -105,31 +217,146 @@ class FeatureExtractorModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def _arc_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.partial_fc is not None:
+            return self.partial_fc(embeddings, labels), None
+        logits = self.head(embeddings, labels)
+        with torch.no_grad():
+            acc = (logits.argmax(1) == labels).float().mean()
+        return F.cross_entropy(logits, labels, ignore_index=-1), acc
+
+    @staticmethod
+    def _classify(layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(features.device.type, enabled=False):  # classifier logits in fp32, as the margin heads
+            return layer(features.float())
+
+    def _warn_unused(self, name: str) -> None:
+        if name not in self._warned_unused:
+            self._warned_unused.add(name)
+            rank_zero_warn(f"multi-task batches carry a {name!r} sub-batch but its loss weight is 0: it is loaded "
+                           "and not used")
+
+    def _multitask_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        unknown = sorted(set(batch) - set(MEMBERS))
+        if unknown:
+            raise ValueError(f"multi-task batch members {unknown} are not known; FeatureExtractorModule trains on "
+                             f"{list(MEMBERS)} (L_arc, L_siam, L_race^class, L_attribute^class)")
+        arc, look, race, att = (batch.get(name) for name in MEMBERS)
+        use_siam = look is not None and self.siam_enabled and self.siam_weight > 0
+        use_race = race is not None and self.race_classifier is not None
+        use_att = att is not None and self.attribute_classifier is not None
+        for name, given, used in ((SIAM_MEMBER, look, self.siam_weight > 0),
+                                  (RACE_MEMBER, race, use_race), (ATTRIBUTE_MEMBER, att, use_att)):
+            if given is not None and not used:
+                self._warn_unused(name)
+
+        chunks: dict[str, torch.Tensor] = {}
+        if arc is not None:
+            chunks["arc"] = arc["image"]
+        if use_siam:
+            has_prime = look["has_i_prime"].bool()
+            chunks.update(gt=look["image_gt"], i=look["image_i"], flip=look["image_i"].flip(-1),
+                          i_prime=look["image_i_prime"][has_prime])
+        if use_race:
+            chunks["race"] = race["image"]
+        if use_att:
+            chunks["attribute"] = att["image"]
+        sizes = {name: tuple(x.shape[-2:]) for name, x in chunks.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"multi-task sub-batches have different image sizes {sizes}: give every member the same "
+                             "image_size (F's input, e.g. 112)")
+        features: dict[str, torch.Tensor] = {}
+        if chunks:
+            embeddings = self(torch.cat(list(chunks.values())))
+            features = dict(zip(chunks, embeddings.split([x.shape[0] for x in chunks.values()])))
+
+        l_arc = l_siam = l_race = l_att = None
+        unused: list[nn.Module] = []
+        if arc is not None:
+            l_arc, arc_acc = self._arc_loss(features["arc"], arc["identity"])
+            if arc_acc is not None:
+                self.log("train/acc", arc_acc, prog_bar=True, batch_size=len(arc["identity"]))
+        else:
+            unused.append(self.partial_fc if self.partial_fc is not None else self.head)
+        if use_siam:
+            l_siam = L_siam_batch(features["gt"], features["i"], features["flip"], features["i_prime"], has_prime,
+                                  alpha_thr=self.alpha_thr, gamma_temp=self.gamma_temp)
+        if use_race:
+            logits = self._classify(self.race_classifier, features["race"])
+            l_race = L_race_class(logits, race["race"])
+            with torch.no_grad():
+                race_acc = (logits.argmax(1) == race["race"]).float().mean()
+            self.log("train/race_accuracy", race_acc, batch_size=len(race["race"]))
+        elif self.race_classifier is not None:
+            unused.append(self.race_classifier)
+        if use_att:
+            logits = self._classify(self.attribute_classifier, features["attribute"])
+            weights = (None if ATTRIBUTE_WEIGHTINGS[self.attribute_weighting] is None
+                       else (self.attribute_pos_weight, self.attribute_neg_weight))
+            l_att = L_attribute_class(logits, att["attributes"], weights=weights, kind=self.attribute_loss)
+            with torch.no_grad():
+                att_acc = ((logits > 0) == (att["attributes"] > 0.5)).float().mean()
+            self.log("train/attribute_accuracy", att_acc, batch_size=len(att["attributes"]))
+        elif self.attribute_classifier is not None:
+            unused.append(self.attribute_classifier)
+
+        # every parameter must receive a gradient each step under DDP (no find_unused_parameters): the modules of
+        # absent members contribute an exact zero
+        zero = sum(p.sum() for m in unused for p in m.parameters()) * 0.0
+        if l_arc is None:
+            l_arc = torch.zeros((), device=self.device)
+        total, parts = feature_extractor_loss(l_arc, l_siam, l_race, l_att,
+                                              weights=(self.siam_weight, self.race_weight, self.attribute_weight))
+        total = total + zero
+        n = next(len(x) for x in chunks.values()) if chunks else 1
+        for name, value in parts.items():
+            if value is not None or name == "L_siam":  # L_siam is 0 while disabled (Alg. 2, first meta-epoch)
+                self.log(f"train/{name}", 0.0 if value is None else value, batch_size=n)
+        self.log("train/alpha_thr", self.alpha_thr, batch_size=n)
+        self.log("train/loss", total, prog_bar=True, batch_size=n)
+        return total
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), self.clip_grad_norm)
+            for classifier in (self.race_classifier, self.attribute_classifier):
+                if classifier is not None:  # C_R / C_A see 10× weighted losses (Eq. 10) on unnormalised features
+                    torch.nn.utils.clip_grad_norm_(classifier.parameters(), self.clip_grad_norm)
         if gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_outputs = {}
+        self._val_outputs, self._val_race, self._val_attributes = {}, {}, {}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        e1 = embed_flip_sum(self.backbone, batch["image1"])
-        e2 = embed_flip_sum(self.backbone, batch["image2"])
-        self._val_outputs.setdefault(dataloader_idx, []).append(
-            (batch["index"].long(), e1, e2, batch["issame"].long()))
+        if "image1" in batch:  # a pair set (.bin, CelebA-Same/Diff)
+            e1 = embed_flip_sum(self.backbone, batch["image1"])
+            e2 = embed_flip_sum(self.backbone, batch["image2"])
+            self._val_outputs.setdefault(dataloader_idx, []).append(
+                (batch["index"].long(), e1, e2, batch["issame"].long()))
+        elif "race" in batch and self.race_classifier is not None:  # FairFace val
+            logits = self._classify(self.race_classifier, self(batch["image"]))
+            self._val_race.setdefault(dataloader_idx, []).append(
+                (batch["index"].long(), logits, batch["race"].long()))
+        elif "attributes" in batch and self.attribute_classifier is not None:  # CelebA valid
+            logits = self._classify(self.attribute_classifier, self(batch["image"]))
+            self._val_attributes.setdefault(dataloader_idx, []).append(
+                (batch["index"].long(), logits, batch["attributes"].float()))
+
+    def _gathered(self, outputs: list[tuple[torch.Tensor, ...]]) -> list[np.ndarray]:
+        """Concatenate one loader's step outputs over the steps and ranks, each dataset index once."""
+        index, *rest = (torch.cat(parts) for parts in zip(*outputs))
+        # DistributedSampler pads the last batch with repeats: gather every rank's items and keep each index once.
+        index, *rest = (self.all_gather(t).flatten(0, 1) if self.trainer.world_size > 1 else t
+                        for t in (index, *rest))
+        order = np.unique(index.cpu().numpy(), return_index=True)[1]
+        return [t[order].float().cpu().numpy() if t.is_floating_point() else t[order].cpu().numpy() for t in rest]
 
     def on_validation_epoch_end(self) -> None:
         names = list(getattr(self.trainer.datamodule, "val_set_names", [])) if self.trainer.datamodule else []
         accuracies = []
         for idx, outputs in sorted(self._val_outputs.items()):
-            index, e1, e2, same = (torch.cat(parts) for parts in zip(*outputs))
-            # DistributedSampler pads the last batch with repeats: gather every rank's pairs and keep each index once.
-            index, e1, e2, same = (self.all_gather(t).flatten(0, 1) if self.trainer.world_size > 1 else t
-                                   for t in (index, e1, e2, same))
-            order = np.unique(index.cpu().numpy(), return_index=True)[1]
-            e1, e2, same = (t[order].cpu().numpy() for t in (e1, e2, same))
+            e1, e2, same = self._gathered(outputs)
             # insightface's 10 folds; a truncated validation (fast_dev_run, limit_val_batches) may hold fewer pairs
             n_folds = min(10, len(same))
             if n_folds < 10:
@@ -146,7 +373,17 @@ class FeatureExtractorModule(pl.LightningModule):
             accuracies.append(result["accuracy"])
         if accuracies:
             self.log("val/accuracy", float(np.mean(accuracies)), sync_dist=True)
-        self._val_outputs = {}
+        if self._val_race:
+            hits = [logits.argmax(1) == race for logits, race in (self._gathered(o) for o in self._val_race.values())]
+            self.log("val/race_accuracy", float(np.concatenate(hits).mean()), sync_dist=True)
+        if self._val_attributes:
+            logits, labels = (np.concatenate(parts) for parts in zip(*(self._gathered(o)
+                                                                      for o in self._val_attributes.values())))
+            self.log("val/attribute_accuracy", float(((logits > 0) == (labels > 0.5)).mean()), sync_dist=True)
+            m_ap = mean_average_precision(logits, labels)
+            if np.isfinite(m_ap):
+                self.log("val/attribute_mAP", m_ap, sync_dist=True)
+        self._val_outputs, self._val_race, self._val_attributes = {}, {}, {}
 
     def on_fit_end(self) -> None:
         if not (self.export_embeddings and self.trainer.is_global_zero and self._last_embeddings):
@@ -158,10 +395,23 @@ class FeatureExtractorModule(pl.LightningModule):
             np.savez(buf, **arrays)
             atomic_write_bytes(out / f"{name}.npz", buf.getvalue())
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["siam_state"] = {"alpha_thr": self.alpha_thr, "siam_enabled": self.siam_enabled}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("siam_state")
+        if state:  # a resumed meta-epoch keeps its α_thr and L_siam switch
+            self.alpha_thr, self.siam_enabled = float(state["alpha_thr"]), bool(state["siam_enabled"])
+
     def configure_optimizers(self):
         head = self.partial_fc if self.partial_fc is not None else self.head
         # the class centres last, as arcface_torch orders its groups
-        params = [{"params": self.backbone.parameters()}, {"params": head.parameters()}]
+        params = [{"params": self.backbone.parameters()}]
+        classifiers = [p for m in (self.race_classifier, self.attribute_classifier) if m is not None
+                       for p in m.parameters()]
+        if classifiers:  # C_R, C_A train jointly with F (Eq. 10 is minimised over F, C_R, C_A)
+            params.append({"params": classifiers})
+        params.append({"params": head.parameters()})
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
