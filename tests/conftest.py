@@ -60,3 +60,12 @@ def smoke_overrides(name: str, world: Path, run_root: Path) -> list[str]:
         f"world.root={world}", "world.scale=tiny", f"run_root={run_root}", "data.num_workers=0",
         "trainer.accelerator=cpu", "progress_bar=none",
     ]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rendezvous():
+    """Lightning's ddp_spawn exports MASTER_PORT into this process; the next DDP test would reuse a port still held
+    by the last one (EADDRINUSE), so every test starts without the rendezvous variables."""
+    yield
+    for var in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        os.environ.pop(var, None)
