@@ -36,12 +36,11 @@ eval mode during α_thr and generation (each submodule's mode restored after). T
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from lrface.lookalike import (
     add_to_index,
     choose_identity_pairs,
     encode_png,
+    eval_mode,
     generate_lookalikes,
     read_index,
     write_record_images,
@@ -71,17 +71,6 @@ def _dist() -> Any:
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 class LookalikeRefresh(pl.Callback):
@@ -261,7 +250,7 @@ class LookalikeRefresh(pl.Callback):
         device = pl_module.device
         rank, world = trainer.global_rank, trainer.world_size
         rows: list[tuple[int, int, float]] = []
-        with _eval_mode(nets.F), torch.no_grad():
+        with eval_mode(nets.F), torch.no_grad():
             for label, pairs in zip((1, 0), self._pairs_for_alpha()):
                 share = Subset(pairs, list(range(rank, len(pairs), world)))
                 loader = DataLoader(share, batch_size=self.alpha_batch_size, num_workers=self.num_workers,

@@ -28,14 +28,7 @@ from datamodules.image_io import read_image, to_tensor
 from datamodules.transforms import apply_transform, build_train_augment, resize_uint8, scale_points
 from lrface.align import arcface_template_np, estimate_similarity_np, transform_points_np, warp_np
 
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
-    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
-    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
-    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
-    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
-    "Wearing_Necklace", "Wearing_Necktie", "Young",
-)
+from lrface.labels import CELEBA_ATTRIBUTES  # noqa: F401  (re-exported: the CelebA column order)
 CELEBA_LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
                            "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
 CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2, "all": None}

@@ -20,9 +20,10 @@ from torch.utils.data import Dataset
 from datamodules.base import FaceDataModule
 from datamodules.errors import CorruptLog, DataFormatError, check_on_corrupt
 from datamodules.image_io import load_sample
+from lrface.labels import RACE_NAMES
 from datamodules.transforms import build_train_augment
 
-FAIRFACE_RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
+FAIRFACE_RACES = RACE_NAMES
 FAIRFACE_GENDERS = ("Male", "Female")
 FAIRFACE_AGES = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70")
 FAIRFACE_HEADER = ("file", "age", "gender", "race", "service_test")

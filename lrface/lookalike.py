@@ -137,7 +137,7 @@ def make_thumbnails(images: Tensor, thumbnail_size: int) -> Tensor:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: Any) -> Iterator[None]:
+def eval_mode(module: Any) -> Iterator[None]:
     """Eval mode (BatchNorm running statistics) for the duration; each submodule's own mode restored after."""
     if not isinstance(module, nn.Module):
         yield
@@ -235,7 +235,7 @@ def generate_lookalikes(
     align = FixedAlignment.for_generator(generator, size=size).to(device)
     kwargs = dict(search_kwargs or {})
     records: list[dict[str, Any]] = []
-    with _eval_mode(feat):
+    with eval_mode(feat):
         for start in range(0, len(pairs), batch_size):
             chunk = list(range(start, min(start + batch_size, len(pairs))))
             sources, sample_seeds, owner = [], [], []

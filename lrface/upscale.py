@@ -27,18 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-#: FairFace race classes in C_R's output order (``datamodules.fairface.FAIRFACE_RACES``; lrface does not import the
-#: data layer, a test keeps the two equal).
-RACE_NAMES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
-#: CelebA's 40 attributes in C_A's output order (``datamodules.celeba.CELEBA_ATTRIBUTES``).
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
-    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
-    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
-    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
-    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
-    "Wearing_Necklace", "Wearing_Necktie", "Young",
-)
+from lrface.labels import CELEBA_ATTRIBUTES, RACE_NAMES  # noqa: F401  (C_R / C_A output orders)
 
 _EXIF_ORIENTATION = 0x0112
 
