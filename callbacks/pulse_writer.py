@@ -128,3 +128,6 @@ class PulseWriter(BasePredictionWriter):
             text = json.dumps({"summary": summary, "samples": records, "duplicates": duplicates}, indent=2,
                               sort_keys=True) + "\n"
             atomic_write_text(self.directory(trainer) / "summary.json", text)
+        # Ranks leave together: a rank that exits while rank 0 still writes tears gloo down under it at interpreter
+        # exit (Lightning destroys the process group in an atexit hook), aborting with "terminate called ...".
+        trainer.strategy.barrier("pulse_writer_summary")
