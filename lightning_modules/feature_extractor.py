@@ -44,10 +44,9 @@ from torch import nn
 
 from lrface.inference import embed_flip_sum, to_model_range
 from lrface.io import atomic_write_bytes
-from lrface.losses.identity import (ALPHA_THR, GAMMA_TEMP, L_attribute_class, L_race_class, attribute_class_weights,
-                                    feature_extractor_loss)
+from lrface.losses.identity import (ALPHA_THR, GAMMA_TEMP, L_attribute_class, L_race_class, L_siam,
+                                    attribute_class_weights, feature_extractor_loss)
 from lrface.losses.partial_fc import PartialFC, exclude_from_ddp
-from lrface.losses.siam_batch import L_siam_batch
 from lrface.metrics.average_precision import mean_average_precision
 from lrface.metrics.verification import verify_pairs
 
@@ -279,8 +278,8 @@ class FeatureExtractorModule(pl.LightningModule):
         else:
             unused.append(self.partial_fc if self.partial_fc is not None else self.head)
         if use_siam:
-            l_siam = L_siam_batch(features["gt"], features["i"], features["flip"], features["i_prime"], has_prime,
-                                  alpha_thr=self.alpha_thr, gamma_temp=self.gamma_temp)
+            l_siam = L_siam(features["gt"], features["i"], features["i_prime"], features["flip"],
+                            alpha_thr=self.alpha_thr, gamma_temp=self.gamma_temp, has_i_prime=has_prime)
         if use_race:
             logits = self._classify(self.race_classifier, features["race"])
             l_race = L_race_class(logits, race["race"])

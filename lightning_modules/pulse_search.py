@@ -34,15 +34,10 @@ REFERENCE_MODES = ("self", "none")
 
 def _pulse_mapping_missing(path: Path) -> bool:
     """A PULSE ``synthesis.pt`` (or its folder) without the ``mapping.pt`` a Gaussian fit needs."""
-    if path.is_dir():
-        syn = sorted(path.glob("*synthesis.pt"))
-        if not syn:
-            return False
-        path = syn[0]
-    if not path.name.endswith("synthesis.pt"):
-        return False
-    stem = path.name[: -len("synthesis.pt")]
-    return not (path.with_name(stem + "mapping.pt").exists() or path.with_name("mapping.pt").exists())
+    from lrface.generators import _pulse_pair
+
+    pair = _pulse_pair(path)
+    return pair is not None and pair[1] is None
 
 
 def load_gaussian_fit(path: str | os.PathLike, style_dim: int | None = None) -> dict[str, torch.Tensor]:

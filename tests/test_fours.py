@@ -23,7 +23,6 @@ from datamodules.multitask import MultiTaskDataModule
 from lightning_modules.runner import run
 from lrface.config import compose, instantiate
 from lrface.losses.identity import L_attribute_class, L_siam, theta
-from lrface.losses.siam_batch import L_siam_batch
 from lrface.metrics.average_precision import average_precision
 from lrface.weights import load_feature_extractor
 from tests.conftest import smoke_overrides
@@ -231,18 +230,19 @@ def test_siam_disabled_is_not_computed(tiny_world: Path, tmp_path: Path) -> None
     assert float(trainer.callback_metrics["train/L_siam"]) > 0
 
 
-def test_l_siam_batch_matches_l_siam() -> None:
+def test_l_siam_with_some_i_prime_missing() -> None:
     g = torch.Generator().manual_seed(0)
     f_gt, f_i, f_ip, f_flip = (torch.randn(5, 8, generator=g) for _ in range(4))
     full = L_siam(f_gt, f_i, f_ip, f_flip, alpha_thr=60.0)
-    assert torch.allclose(L_siam_batch(f_gt, f_i, f_flip, f_ip, torch.ones(5, dtype=torch.bool), alpha_thr=60.0), full)
+    assert torch.allclose(L_siam(f_gt, f_i, f_ip, f_flip, alpha_thr=60.0, has_i_prime=torch.ones(5, dtype=torch.bool)),
+                          full)
     has = torch.tensor([True, False, True, False, False])
-    part = L_siam_batch(f_gt, f_i, f_flip, f_ip[has], has, alpha_thr=60.0, reduction="none")
+    part = L_siam(f_gt, f_i, f_ip[has], f_flip, alpha_thr=60.0, reduction="none", has_i_prime=has)
     want = L_siam(f_gt, f_i, None, f_flip, alpha_thr=60.0, reduction="none")
     want[has] += L_siam(None, f_i[has], f_ip[has], None, alpha_thr=60.0, reduction="none")
     assert torch.allclose(part, want)
     with pytest.raises(ValueError, match="i' features"):
-        L_siam_batch(f_gt, f_i, f_flip, f_ip, has)
+        L_siam(f_gt, f_i, f_ip, f_flip, has_i_prime=has)
 
 
 def test_average_precision_by_hand() -> None:

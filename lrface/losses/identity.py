@@ -531,6 +531,7 @@ def L_siam(
     gamma_temp: float = GAMMA_TEMP,
     unit: str = "deg",
     reduction: str = "mean",
+    has_i_prime: Tensor | None = None,
 ) -> Tensor:
     """The siamese angle loss of §3.3 (the display after Eq. 8; the paper's tag (9) is on L_race^class):
 
@@ -550,6 +551,9 @@ def L_siam(
         gamma_temp: γ_temp.
         unit: ``"deg"`` or ``"rad"``.
         reduction: ``"mean"`` (1/N Σ, the paper), ``"sum"`` or ``"none"`` (N per-lookalike sums).
+        has_i_prime: N bools when only some lookalikes have an i' (an identity with one image): ``f_i_prime`` then
+            holds the M = ``has_i_prime.sum()`` existing i' in batch order and sim(i, i', 1) is added to those rows
+            only, under the same 1/N.
 
     Returns:
         a scalar, or N values for ``reduction="none"``.
@@ -558,7 +562,13 @@ def L_siam(
     per = torch.zeros(f_i.shape[0], dtype=torch.promote_types(f_i.dtype, torch.float32), device=f_i.device)
     if f_gt is not None:
         per = per + sim(f_gt, f_i, 1.0, **kw)
-    if f_i_prime is not None:
+    if f_i_prime is not None and has_i_prime is not None:
+        rows = torch.as_tensor(has_i_prime, device=f_i.device).bool().nonzero().squeeze(1)
+        if rows.numel() != f_i_prime.shape[0]:
+            raise ValueError(f"{f_i_prime.shape[0]} i' features for {rows.numel()} rows with has_i_prime")
+        if rows.numel():
+            per = per.index_add(0, rows, sim(f_i[rows], f_i_prime, 1.0, **kw).to(per.dtype))
+    elif f_i_prime is not None:
         per = per + sim(f_i, f_i_prime, 1.0, **kw)
     if f_flip is not None:
         per = per + sim(f_i, f_flip, 0.0, **kw)
