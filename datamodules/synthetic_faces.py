@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from datamodules.celeba import CELEBA_ATTRIBUTES
 from datamodules.fairface import FAIRFACE_AGES, FAIRFACE_GENDERS, FAIRFACE_RACES
-from lrface.align import ARCFACE_TEMPLATE_112
+from lrface.align import ARCFACE_TEMPLATE_112, DLIB_UNIT_TEMPLATE
 
 # the vocabularies and the attribute order of the real datasets the world imitates
 RACES, GENDERS, AGE_GROUPS = FAIRFACE_RACES, FAIRFACE_GENDERS, FAIRFACE_AGES
@@ -38,8 +38,7 @@ ATTR = {name: i for i, name in enumerate(ATTRIBUTE_NAMES)}
 # Five landmarks (image-left eye, image-right eye, nose tip, left / right mouth corner) in output pixels.
 ARCFACE_TEMPLATE = ARCFACE_TEMPLATE_112
 CELEBA_TEMPLATE = ((69.0, 111.0), (108.0, 111.0), (88.5, 134.5), (72.0, 152.5), (105.5, 152.5))
-# dlib get_face_chip: the mean face spans the unit box; padding p maps u -> (u + p) / (1 + 2p) * size.
-DLIB_UNIT_TEMPLATE = ((0.225, 0.23), (0.775, 0.23), (0.5, 0.60), (0.31, 0.86), (0.69, 0.86))
+# DLIB_UNIT_TEMPLATE (lrface.align): dlib get_face_chip's mean face; padding p maps u -> (u + p) / (1 + 2p) * size.
 
 HAIR_COLOURS = ("black", "brown", "blond", "red")
 HAIR_RGB = {"black": (28, 24, 22), "brown": (92, 62, 40), "blond": (206, 170, 108), "red": (150, 68, 36)}

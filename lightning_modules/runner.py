@@ -250,6 +250,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _run(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("pipeline"):
+        return run_pipeline(cfg)
     stage = cfg.get("stage") or "fit"
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -291,3 +293,110 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         if not predict:  # a writer's summary is already in the metrics table
             print_evaluation(evaluation)
     return metrics if trainer.is_global_zero else {}
+
+
+# -- pipelines -------------------------------------------------------------------------------------------------------
+
+STEP_REF = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def find_finished(cfg: DictConfig) -> Path | None:
+    """The newest finished run (``results.json`` written) of this experiment with the same config, if any."""
+    exp_dir = Path(cfg.run_root) / cfg.name
+    if not exp_dir.is_dir():
+        return None
+    wanted = _comparable(cfg)
+    for run_dir in sorted((p for p in exp_dir.iterdir() if p.is_dir()), reverse=True):
+        saved = run_dir / "config.yaml"
+        if _finished(run_dir) and saved.exists() and _comparable(OmegaConf.load(saved)) == wanted:
+            return run_dir
+    return None
+
+
+def _step_args(args: list[str], done: dict[str, Path], step: str) -> list[str]:
+    def sub(match: re.Match) -> str:
+        ref = match.group(1)
+        if ref not in done:
+            raise ValueError(f"pipeline step {step!r} refers to <{ref}>, which is not an earlier step "
+                             f"(earlier: {sorted(done) or 'none'})")
+        return str(done[ref])
+
+    return [STEP_REF.sub(sub, str(a)) for a in args]
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, float]:
+    """Runs ``cfg.pipeline``'s steps in order, each an experiment of its own run directory.
+
+    A step is ``{experiment: NAME, args: [key=value, ...]}``; ``<step>`` inside an argument is replaced by that
+    earlier step's run directory (e.g. ``module.baseline=<F_baseline>/checkpoints/last.ckpt``). With
+    ``pipeline_reuse: true`` a step whose experiment already finished with the very same config is not run again
+    (its run directory is used), so an interrupted pipeline continues where it stopped and a repeated one only
+    re-runs what changed; an unfinished step resumes from its ``last.ckpt`` as any run does.
+
+    The steps run one after another in this process (a laptop flow); on a cluster run each step as its own
+    experiment (``lrface run NAME args``, ``lrface slurm``) — the pipeline prints those commands.
+    The pipeline's own run directory gets ``pipeline.json`` (the steps' run directories, seconds, reuse) and
+    ``results.json`` / ``results.md`` (the last step's results).
+    """
+    from lrface.config import compose
+
+    if _world_size_from_env() > 1:
+        raise RuntimeError("pipelines run their steps in one process; start each step as its own (multi-GPU) "
+                           "experiment instead: `lrface run <step experiment> <args>`")
+    steps = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    reuse = bool(cfg.get("pipeline_reuse", True))
+    run_dir = _new_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    done: dict[str, Path] = {}
+    log_rows: list[dict[str, Any]] = []
+    metrics: dict[str, float] = {}
+    start = time.perf_counter()
+    for k, (name, step) in enumerate(steps.items(), start=1):
+        if not isinstance(step, dict) or "experiment" not in step:
+            raise ValueError(f"pipeline step {name!r} must be {{experiment: NAME, args: [...]}}, got {step!r}")
+        args = _step_args(list(step.get("args") or []) + list(cfg.get("pipeline_args") or []), done, name)
+        if cfg.get("pipeline_smoke"):
+            args = [str(a) for a in OmegaConf.to_container(compose(step["experiment"]).smoke, resolve=False)] + args
+        step_cfg = compose(step["experiment"], args)
+        command = " ".join(["lrface run", step["experiment"], *args])
+        print(f"\n=== [{k}/{len(steps)}] {name}: {command}", flush=True)
+        tick = time.perf_counter()
+        previous = find_finished(step_cfg) if reuse else None
+        if previous is not None:
+            print(f"    reusing the finished run {previous} (same config; pipeline_reuse=false to re-run)", flush=True)
+            done[name], reused = previous, True
+            saved = json.loads((previous / RESULTS_FILE).read_text())
+            metrics = {k2: float(v) for k2, v in saved.get("metrics", {}).items()}
+        else:
+            inherited = {var: os.environ.get(var) for var in (RUN_DIR_ENV, RESUME_ENV)}
+            try:
+                step_dir, _ = resolve_run_dir(step_cfg)
+                metrics = run(step_cfg)
+            finally:
+                for var, value in inherited.items():
+                    if value is None:
+                        os.environ.pop(var, None)
+                    else:
+                        os.environ[var] = value
+            done[name], reused = step_dir, False
+            if not _finished(step_dir):
+                raise RuntimeError(f"pipeline step {name!r} did not finish (no {step_dir / RESULTS_FILE}); "
+                                   "run the pipeline again to resume it")
+        seconds = time.perf_counter() - tick
+        log_rows.append({"step": name, "experiment": step["experiment"], "run_dir": str(done[name]),
+                         "command": command, "seconds": round(seconds, 1), "reused": reused})
+        print(f"=== {name} done in {seconds:.0f} s ({time.perf_counter() - start:.0f} s total): {done[name]}",
+              flush=True)
+        atomic_write_text(run_dir / "pipeline.json", json.dumps({"steps": log_rows}, indent=2) + "\n")
+    last = done[list(steps)[-1]]
+    extra = {"pipeline": log_rows, "last_step": str(last)}
+    write_results(run_dir, metrics, extra)
+    for report in ("seed000.md", "seed000.json"):
+        if (last / report).exists():
+            atomic_write_text(run_dir / report, (last / report).read_text())
+    rows = "\n".join(f"| {r['step']} | `{r['run_dir']}` | {r['seconds']:.0f} s{' (reused)' if r['reused'] else ''} |"
+                     for r in log_rows)
+    print(f"\npipeline {cfg.name}: {time.perf_counter() - start:.0f} s\n| step | run | time |\n|---|---|---|\n{rows}",
+          flush=True)
+    return metrics

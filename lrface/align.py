@@ -400,3 +400,30 @@ class MTCNNAlignment(torch.nn.Module):
         if hit.numel():
             out = out.index_put((hit,), align_faces(images[hit], self._landmarks.to(images.device)[hit], self.size))
         return out
+
+
+# -- dlib face chips (FairFace) -----------------------------------------------------------------------------------
+
+# dlib ``get_face_chip`` / ``get_face_chip_details``: the five landmarks of dlib's mean face (image-left eye,
+# image-right eye, nose tip, left / right mouth corner), in a unit box the mean face spans. A chip of side ``size``
+# with padding ``p`` maps a unit coordinate u to (u + p) / (1 + 2p) · size (FairFace: p = 0.25 or 1.25, size 224).
+DLIB_UNIT_TEMPLATE = ((0.225, 0.23), (0.775, 0.23), (0.5, 0.60), (0.31, 0.86), (0.69, 0.86))
+
+
+def dlib_chip_template_np(size: int | tuple[int, int], padding: float) -> np.ndarray:
+    """Where dlib's face-chip alignment puts the five landmarks in a chip of ``size`` with ``padding``.
+
+    On real FairFace this is the approximation dlib's own alignment implies: each chip was made by the similarity
+    that best fits *that* face's landmarks onto the mean-face template, so an individual face only sits near (not
+    on) these points; per-image landmarks are not shipped with FairFace.
+
+    Args:
+        size: chip side, or ``(height, width)``.
+        padding: dlib's ``padding`` (0.25 for FairFace's main margin, 1.25 for the wide one).
+
+    Returns:
+        5×2 float64 (x, y) pixel coordinates.
+    """
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+    unit = (np.asarray(DLIB_UNIT_TEMPLATE, dtype=np.float64) + padding) / (1.0 + 2.0 * padding)
+    return unit * np.array([float(w), float(h)])
