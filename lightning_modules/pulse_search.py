@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.frozen_nets import FrozenNets
 from lrface.losses.identity import ALPHA_THR, GAMMA_TEMP, REJECT_THRESHOLD, PulseConstraints, rejected, theta
 from lrface.pulse import PulseSearch, gaussian_fit
 from lrface.upscale import parse_attribute_targets, race_index
@@ -51,7 +52,7 @@ def load_gaussian_fit(path: str | os.PathLike, style_dim: int | None = None) -> 
     return fit
 
 
-class PulseSearchModule(pl.LightningModule):
+class PulseSearchModule(FrozenNets, pl.LightningModule):
     """Batched PULSE search (+ Eq. 4–8 constraints) as a ``predict_step``.
 
     Args:
@@ -146,21 +147,7 @@ class PulseSearchModule(pl.LightningModule):
         self._feature_nets = None
         self._mtcnn = None
 
-    # -- frozen helpers --------------------------------------------------------------------------------------------
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        for net in self._nets.values():
-            net._apply(fn, *args, **kwargs)
-        return self
-
-    @property
-    def generator(self) -> nn.Module:
-        if "G" not in self._nets:
-            from lrface.weights import load_generator
-
-            self._nets["G"] = load_generator(self.generator_source)
-        return self._nets["G"]
+    # -- frozen helpers (lightning_modules.frozen_nets) ------------------------------------------------------------
 
     @property
     def gaussian(self) -> dict[str, torch.Tensor]:

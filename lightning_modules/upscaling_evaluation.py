@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
+from lightning_modules.frozen_nets import FrozenNets
 from lrface.labels import CELEBA_ATTRIBUTES
 from lrface.losses.identity import GAMMA_TEMP, PulseConstraints, theta
 from lrface.lookalike import make_thumbnails
@@ -98,7 +99,7 @@ def fairface_strategies(reid_reference: str) -> list[Strategy]:
             Strategy("F_ours + L_race(r)", "F_ours", "race")]
 
 
-class UpscalingEvaluationModule(pl.LightningModule):
+class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
     """Tables 1–3 of the seed paper as a ``predict_step`` (see the module docstring).
 
     Args:
@@ -107,6 +108,10 @@ class UpscalingEvaluationModule(pl.LightningModule):
         ours: F_ours' checkpoint, with its race (C_R) and attribute (C_A) classifiers.
         race_judge: the independent race classifier (``lrface.judges.load_judge``); None leaves Table 2 out.
         attribute_judge: the independent attribute classifier; None leaves Table 3 out.
+        judge_options: ``{"race": {...}, "attributes": {...}}`` keyword arguments of ``lrface.judges.load_judge``
+            for judges given as plain state dicts (e.g. FairFace's official ``res34_fair_align_multi_7_20190809.pt``:
+            ``{"race": {"task": "race", "arch": "resnet34", "input_size": 224}}``); our JudgeModule checkpoints
+            carry their own.
         thumbnail_size: side of I_LR (paper: 32 for the 1024 px generator).
         search: ``lrface.pulse.PulseSearch`` kwargs (``steps``, ``eps``, ``lr``, ``restarts``, ...).
         gaussian_fit: PULSE's ``gaussian_fit.pt``; None → computed in setup from ``fit_samples`` mapping draws.
@@ -125,7 +130,8 @@ class UpscalingEvaluationModule(pl.LightningModule):
     """
 
     def __init__(self, generator: str | nn.Module, baseline: str, ours: str, race_judge: str | None = None,
-                 attribute_judge: str | None = None, thumbnail_size: int = 32, search: Mapping[str, Any] | None = None,
+                 attribute_judge: str | None = None, judge_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 thumbnail_size: int = 32, search: Mapping[str, Any] | None = None,
                  gaussian_fit: str | None = None, fit_samples: int = 100_000, fit_batch: int = 10_000,
                  lambdas: Mapping[str, float] | None = None, alpha_thr: Mapping[str, Any] | None = None,
                  gamma_temp: float = GAMMA_TEMP, table1_reference: str = "gt", reid_reference: str = "lr",
@@ -149,6 +155,7 @@ class UpscalingEvaluationModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["generator"] if isinstance(generator, nn.Module) else None)
         self.generator_source, self.paths = generator, {"F_baseline": baseline, "F_ours": ours}
         self.judge_paths = {"race": race_judge, "attributes": attribute_judge}
+        self.judge_options = {k: dict(v or {}) for k, v in dict(judge_options or {}).items()}
         self.thumbnail_size = int(thumbnail_size)
         self.search_kwargs = dict(search or {})
         self.gaussian_fit_path, self.fit_samples, self.fit_batch = gaussian_fit, int(fit_samples), int(fit_batch)
@@ -169,22 +176,7 @@ class UpscalingEvaluationModule(pl.LightningModule):
         self._kept: dict[str, int] = {}
         self._clock: float | None = None
 
-    # -- frozen helpers (see PulseSearchModule) --------------------------------------------------------------------
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        for net in self._nets.values():
-            if isinstance(net, nn.Module):
-                net._apply(fn, *args, **kwargs)
-        return self
-
-    @property
-    def generator(self) -> nn.Module:
-        if "G" not in self._nets:
-            from lrface.weights import load_generator
-
-            self._nets["G"] = load_generator(self.generator_source)
-        return self._nets["G"]
+    # -- frozen helpers (lightning_modules.frozen_nets) ------------------------------------------------------------
 
     def _where(self) -> torch.device:
         return self._trainer.strategy.root_device if self._trainer is not None else self.device
@@ -224,7 +216,8 @@ class UpscalingEvaluationModule(pl.LightningModule):
         for task, path in self.judge_paths.items():
             key = f"judge_{task}"
             if path is not None and key not in self._nets:
-                self._nets[key] = load_judge(path).eval().requires_grad_(False).to(device)
+                judge = load_judge(path, **self.judge_options.get(task, {}))
+                self._nets[key] = judge.eval().requires_grad_(False).to(device)
         if "align" not in self._nets:
             size = self.align_size or int(getattr(self._nets["F_baseline"].F, "input_size", 112))
             self._nets["align"] = FixedAlignment.for_generator(gen, size=size).to(device)

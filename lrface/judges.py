@@ -16,20 +16,12 @@ from pathlib import Path
 
 import torch
 
+from lrface.weights import load_weights_file
 from lrface.nets.judge import FaceJudge
 
 __all__ = ["load_judge"]
 
 _HPARAM_KEYS = ("task", "arch", "input_size", "timm_kwargs")
-
-
-def _read(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # weights_only refuses arbitrary pickles: say so instead of a bare UnpicklingError
-        raise ValueError(f"{path}: not a plain weights checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def _strip(state: dict, prefix: str) -> dict:
@@ -82,7 +74,7 @@ def load_judge(path: str | os.PathLike, task: str | None = None, arch: str | Non
             shapes do not fit the network.
     """
     path = Path(path)
-    obj = _read(path)
+    obj = load_weights_file(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state_dict or a Lightning checkpoint dict, got {type(obj).__name__}")
     if isinstance(obj.get("state_dict"), dict):

@@ -19,6 +19,7 @@ from lrface.io import atomic_write_bytes, atomic_write_text
 from lrface.labels import RACE_NAMES
 from lrface.metrics.reid import (
     ATTRIBUTE_STRATEGIES, EXTRACTORS, PAPER, PAPER_ATTRIBUTES, SAME_SETS, SETS, STRATEGIES, findings as check_findings,
+    lookup,
 )
 
 __all__ = ["plot_angle_histograms", "print_tables", "render_markdown", "sample_grid", "write_report"]
@@ -44,14 +45,6 @@ _OPT_ROWS = ("alpha_thr", "CelebA-Same+Diff", "Lookalike-Baseline", "CelebA-Same
 # ---------------------------------------------------------------------------------------------------------------
 # Table building: (title, headers, rows, notes) shared by Markdown and rich.
 
-def _get(d, *keys):
-    for k in keys:
-        if not isinstance(d, Mapping) or d.get(k) is None:
-            return None
-        d = d[k]
-    return d
-
-
 def _pct(x) -> str:
     return _DASH if x is None else f"{100 * float(x):.1f}%"
 
@@ -76,7 +69,7 @@ def _extras(table: Mapping | None, order: Sequence[str]) -> list[str]:
 
 
 def _table1_top(t1: Mapping | None):
-    angles = _get(t1, "angles") or {}
+    angles = lookup(t1, "angles") or {}
     sets = _extras(angles, SETS)
     headers = ["Set", "Same person"]
     for e in EXTRACTORS:
@@ -87,8 +80,8 @@ def _table1_top(t1: Mapping | None):
         row = [s, "yes" if s in SAME_SETS else "no"]
         ns = []
         for e in EXTRACTORS:
-            row += [_deg_stats(_get(angles, s, e)), _deg_stats(_get(PAPER, "table1", "angles", s, e))]
-            n = _get(angles, s, e, "n")
+            row += [_deg_stats(lookup(angles, s, e)), _deg_stats(lookup(PAPER, "table1", "angles", s, e))]
+            n = lookup(angles, s, e, "n")
             ns.append(_DASH if n is None else str(n))
         rows.append(row + [" / ".join(ns)])
     notes = [f"Mean°±SD of θ(F(i₁), F(i₂)); the paper uses {PAPER['n_pairs_per_set']:,} pairs per set."]
@@ -96,7 +89,7 @@ def _table1_top(t1: Mapping | None):
 
 
 def _table1_bottom(t1: Mapping | None):
-    sep = _get(t1, "separation") or {}
+    sep = lookup(t1, "separation") or {}
     headers = ["Option", "Tested on"]
     for e in EXTRACTORS:
         headers += [f"{e} ours", f"{e} paper"]
@@ -105,8 +98,8 @@ def _table1_bottom(t1: Mapping | None):
         for what in _OPT_ROWS:
             row = [label, "α_thr" if what == "alpha_thr" else what]
             for e in EXTRACTORS:
-                v = _get(sep, e, key, what)
-                paper = _get(PAPER, "table1", "separation", e, key, what)
+                v = lookup(sep, e, key, what)
+                paper = lookup(PAPER, "table1", "separation", e, key, what)
                 if what == "alpha_thr":
                     row += [_DASH if v is None else f"{v:.1f}°", _DASH]
                 else:
@@ -125,7 +118,7 @@ def _table2(t2: Mapping | None):
     headers = ["Strategy", "ours", "paper", "n"]
     rows = []
     for s in _extras(t2, STRATEGIES):
-        acc, n = _acc(_get(t2, s))
+        acc, n = _acc(lookup(t2, s))
         rows.append([s, _pct(acc), _pct(PAPER["table2"].get(s)), _DASH if n is None else str(n)])
     notes = [f"Share of generated images that the external race classifier assigns the source's race (paper: "
              f"{PAPER['n_race_images']:,} FairFace test images)."]
@@ -136,10 +129,10 @@ def _table2_per_race(t2: Mapping | None):
     headers = ["Strategy", *RACE_NAMES]
     rows = []
     for s in _extras(t2, STRATEGIES):
-        entry = _get(t2, s)
+        entry = lookup(t2, s)
         row = [s]
         for r in RACE_NAMES:
-            acc, n = _get(entry, "per_race", r), _get(entry, "per_race_n", r)
+            acc, n = lookup(entry, "per_race", r), lookup(entry, "per_race_n", r)
             row.append(_pct(acc) + ("" if n is None else f" ({n})"))
         rows.append(row)
     return "Table 2 by true race: accuracy (images)", headers, rows, []
@@ -147,7 +140,7 @@ def _table2_per_race(t2: Mapping | None):
 
 def _table2_predicted(t2: Mapping | None):
     headers = ["Strategy", *RACE_NAMES]
-    rows = [[s] + [_pct(_get(t2, s, "predicted_fraction", r)) for r in RACE_NAMES] for s in _extras(t2, STRATEGIES)]
+    rows = [[s] + [_pct(lookup(t2, s, "predicted_fraction", r)) for r in RACE_NAMES] for s in _extras(t2, STRATEGIES)]
     notes = ["Share of generated images classified as each race (StyleGAN's bias shows here)."]
     return "Table 2, predicted race distribution", headers, rows, notes
 
@@ -155,13 +148,13 @@ def _table2_predicted(t2: Mapping | None):
 def _table3(t3: Mapping | None):
     attrs = list(PAPER_ATTRIBUTES)
     for s in t3 or {}:
-        attrs += [a for a in (_get(t3, s, "per_attribute") or {}) if a not in attrs]
+        attrs += [a for a in (lookup(t3, s, "per_attribute") or {}) if a not in attrs]
     headers = ["Strategy", "mean ours", "paper", *attrs, "n"]
     rows = []
     for s in _extras(t3, ATTRIBUTE_STRATEGIES):
-        acc, n = _acc(_get(t3, s))
+        acc, n = _acc(lookup(t3, s))
         row = [s, _pct(acc), _pct(PAPER["table3"].get(s))]
-        row += [_pct(_get(t3, s, "per_attribute", a)) for a in attrs]
+        row += [_pct(lookup(t3, s, "per_attribute", a)) for a in attrs]
         rows.append(row + [_DASH if n is None else str(n)])
     notes = ["Per attribute, the share of generated images whose attribute the external detector reads as the "
              "source's; the mean is over the attributes (paper: the five shown)."]

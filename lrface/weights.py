@@ -54,7 +54,8 @@ def fetch_mtcnn_weights(dest: str | os.PathLike = "weights/mtcnn", wheel: str | 
     return dest
 
 
-def _load_weights_file(path: Path):
+def load_weights_file(path: Path):
+    """``torch.load(weights_only=True)`` on the CPU; a file that is not plain weights raises ValueError naming it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -71,7 +72,7 @@ def backbone_state_dict(path: str | os.PathLike) -> dict:
     with ``weights_only=True``: a file that needs pickled code to load is refused.
     """
     path = Path(path)
-    return _backbone_weights(_load_weights_file(path), path)
+    return _backbone_weights(load_weights_file(path), path)
 
 
 def _backbone_weights(obj, path: Path) -> dict:
@@ -197,7 +198,7 @@ def load_feature_extractor(path: str | os.PathLike, backbone: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such feature-extractor checkpoint")
-    obj = _load_weights_file(path)
+    obj = load_weights_file(path)
     lightning = isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
     full_state = obj["state_dict"] if lightning else {}
     weights = _backbone_weights(obj, path)

@@ -118,13 +118,17 @@ def test_instantiate_recursive_partial_and_errors() -> None:
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml") if p.stem != "defaults"))
 def test_every_experiment_composes(name: str) -> None:
     cfg = compose(name)
-    assert cfg.data._target_ and cfg.module._target_, f"{name}: needs a data and a module"
+    if cfg.pipeline:  # a pipeline names experiments that compose themselves
+        for step in cfg.pipeline.values():
+            assert compose(step.experiment).name == step.experiment
+    else:
+        assert cfg.data._target_ and cfg.module._target_, f"{name}: needs a data and a module"
     assert cfg.name == name
 
 
 def test_print_config_prints_resolved_yaml_and_exits(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "lrface.cli", "run", "quickstart", "module.optimizer.lr=0.123",
+        [sys.executable, "-m", "lrface.cli", "run", "arcface_synthetic", "module.optimizer.lr=0.123",
          f"run_root={tmp_path}/runs", "--print-config"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout

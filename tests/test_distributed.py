@@ -23,10 +23,10 @@ EXPECTED_STEPS = 2 * 3  # per rank: DDP splits the data, not the step count
 
 
 def test_ddp_spawn_two_processes_bf16(tiny_world: Path, tmp_path: Path) -> None:
-    overrides = smoke_overrides("quickstart", tiny_world, tmp_path) + STEPS + [
+    overrides = smoke_overrides("arcface_synthetic", tiny_world, tmp_path) + STEPS + [
         "trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.precision=bf16-mixed"]
-    run(compose("quickstart", overrides))
-    run_dir = only_run_dir(tmp_path, "quickstart")
+    run(compose("arcface_synthetic", overrides))
+    run_dir = only_run_dir(tmp_path, "arcface_synthetic")
     rows = history(run_dir)
     assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[-1]["step"] == EXPECTED_STEPS
@@ -36,12 +36,12 @@ def test_ddp_spawn_two_processes_bf16(tiny_world: Path, tmp_path: Path) -> None:
 
 def test_real_entry_point_under_ddp_with_partial_fc(tiny_world: Path, tmp_path: Path) -> None:
     """`strategy=ddp` re-launches the command line for rank 1; the class centres are sharded across the two ranks."""
-    overrides = smoke_overrides("quickstart", tiny_world, tmp_path) + STEPS + [
+    overrides = smoke_overrides("arcface_synthetic", tiny_world, tmp_path) + STEPS + [
         "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "module.partial_fc_sample_rate=0.5"]
-    done = subprocess.run([sys.executable, "-m", "lrface.cli", "run", "quickstart", *overrides], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "lrface.cli", "run", "arcface_synthetic", *overrides], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    run_dir = only_run_dir(tmp_path, "quickstart")  # both ranks used the directory rank 0 chose
+    run_dir = only_run_dir(tmp_path, "arcface_synthetic")  # both ranks used the directory rank 0 chose
     assert results(run_dir)["trainer/global_step"] == EXPECTED_STEPS
     assert [r["step"] for r in history(run_dir)] == [3, 6]
     assert "GLOBAL_RANK: 1" in done.stderr + done.stdout  # a second process really took part

@@ -21,22 +21,22 @@ from tests.conftest import ROOT
 def test_sbatch_script_matches_lightning_rules(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here: the script is only written
-    path = slurm.write_and_submit("quickstart", 2, 8, ["module.optimizer.lr=0.2", f"run_root={tmp_path}/runs"],
+    path = slurm.write_and_submit("arcface_synthetic", 2, 8, ["module.optimizer.lr=0.2", f"run_root={tmp_path}/runs"],
                                   submit=True)
     text = path.read_text()
     try:
-        assert path.name == "slurm.sbatch" and path.parent.parent.name == "quickstart"
+        assert path.name == "slurm.sbatch" and path.parent.parent.name == "arcface_synthetic"
         assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=8" in text and "--gres=gpu:8" in text
         assert "#SBATCH --signal=SIGUSR1@90" in text
         assert f"export LRFACE_RUN_DIR={path.parent}" in text
         srun = [line for line in text.splitlines() if line.startswith("srun ")]
         assert len(srun) == 1
-        for arg in ("-m lrface.cli run quickstart", "module.optimizer.lr=0.2", "trainer.num_nodes=2",
+        for arg in ("-m lrface.cli run arcface_synthetic", "module.optimizer.lr=0.2", "trainer.num_nodes=2",
                     "trainer.devices=8", "trainer.strategy=ddp"):
             assert arg in srun[0]
         # the overrides in the script compose: what the job will run is a valid config
-        args = srun[0].split(" run quickstart ")[1].split()
-        cfg = compose("quickstart", args)
+        args = srun[0].split(" run arcface_synthetic ")[1].split()
+        cfg = compose("arcface_synthetic", args)
         assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 8
         assert subprocess.run(["/bin/bash", "-n", str(path)]).returncode == 0
     finally:
@@ -48,7 +48,7 @@ def test_sbatch_script_matches_lightning_rules(tmp_path: Path, monkeypatch) -> N
 def test_slurm_rejects_typo_before_writing(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(ROOT)
     with pytest.raises(ConfigKeyError):
-        slurm.write_and_submit("quickstart", 1, 2, ["module.optimiser.lr=1", f"run_root={tmp_path}"], submit=False)
+        slurm.write_and_submit("arcface_synthetic", 1, 2, ["module.optimiser.lr=1", f"run_root={tmp_path}"], submit=False)
 
 
 def test_sweep_files_are_valid_and_render_as_overrides() -> None:
@@ -76,7 +76,7 @@ def test_sweep_with_typo_fails_before_any_server(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["offline", "disabled"])
 def test_sweep_offline_says_why(mode: str) -> None:
     env = {**os.environ, "WANDB_MODE": mode}
-    done = subprocess.run([sys.executable, "-m", "lrface.cli", "sweep", "quickstart_lr"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "lrface.cli", "sweep", "arcface_lr"], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert "need a W&B server" in done.stderr and f"WANDB_MODE={mode}" in done.stderr
@@ -87,7 +87,7 @@ def test_agent_rendered_args_parse_like_the_cli() -> None:
     # what `${args_no_hyphens}` renders for {lr: 1e-05, precision: bf16-mixed, clip: None, widths: [8, 16, 16, 32]}
     rendered = ["module.optimizer.lr=1e-05", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=None",
                 "module.backbone.widths=[8, 16, 16, 32]"]
-    cfg = compose("quickstart", rendered)
+    cfg = compose("arcface_synthetic", rendered)
     assert cfg.module.optimizer.lr == pytest.approx(1e-5)
     assert cfg.trainer.precision == "bf16-mixed"
     assert cfg.trainer.gradient_clip_val is None
@@ -145,10 +145,10 @@ def test_slurm_command_line_as_make_passes_it(tmp_path: Path, monkeypatch) -> No
     from lrface.cli import main
 
     monkeypatch.chdir(ROOT)
-    assert main(["slurm", "quickstart", "--nodes", "2", "--gpus", "4", "--no-submit", "module.optimizer.lr=0.3",
+    assert main(["slurm", "arcface_synthetic", "--nodes", "2", "--gpus", "4", "--no-submit", "module.optimizer.lr=0.3",
                  f"run_root={tmp_path}"]) == 0
-    (script,) = tmp_path.glob("quickstart/*/slurm.sbatch")
+    (script,) = tmp_path.glob("arcface_synthetic/*/slurm.sbatch")
     srun = next(line for line in script.read_text().splitlines() if line.startswith("srun "))
     assert "module.optimizer.lr=0.3" in srun and "trainer.devices=4" in srun and "trainer.num_nodes=2" in srun
     with pytest.raises(SystemExit):
-        main(["slurm", "quickstart", "--nodes", "2", "--bogus"])
+        main(["slurm", "arcface_synthetic", "--nodes", "2", "--bogus"])

@@ -283,7 +283,8 @@ DIFF_SPREAD_TOLERANCE = 5.0
 OPT2_MAX_DROP = 0.01
 
 
-def _get(d, *keys):
+def lookup(d, *keys):
+    """``d[k1][k2]...``, or None where a level is missing or None."""
     for k in keys:
         if not isinstance(d, Mapping) or d.get(k) is None:
             return None
@@ -311,8 +312,8 @@ def _finding(id_: str, source: str, claim: str, holds: bool | None, evidence: st
 def _step_findings(table: Mapping | None, order: Sequence[str], kind: str, source: str) -> list[dict]:
     out = []
     for lo, hi in zip(order[:-1], order[1:]):
-        a, na = _acc(_get(table, lo))
-        b, nb = _acc(_get(table, hi))
+        a, na = _acc(lookup(table, lo))
+        b, nb = _acc(lookup(table, hi))
         claim = f"{kind} re-identification rises from {lo} to {hi}"
         if a is None or b is None:
             out.append(_finding(f"{kind.lower()}_{lo}<{hi}", source, claim, None, "not measured"))
@@ -353,9 +354,9 @@ def findings(t1: Mapping | None, t2: Mapping | None, t3: Mapping | None) -> list
         A list of ``{"id", "source", "claim", "holds": bool | None, "evidence": str}``.
     """
     out = []
-    sep = _get(t1, "separation")
-    base1 = _get(sep, "F_baseline", "opt1", "Lookalike-Baseline")
-    ours1 = _get(sep, "F_ours", "opt1", "Lookalike-Baseline")
+    sep = lookup(t1, "separation")
+    base1 = lookup(sep, "F_baseline", "opt1", "Lookalike-Baseline")
+    ours1 = lookup(sep, "F_ours", "opt1", "Lookalike-Baseline")
     claim = "F_ours separates Lookalike-Baseline from CelebA-Same where F_baseline cannot (Opt 1)"
     if base1 is None or ours1 is None:
         out.append(_finding("lookalike_separation", "§4.1, Table 1", claim, None, "not measured"))
@@ -366,23 +367,23 @@ def findings(t1: Mapping | None, t2: Mapping | None, t3: Mapping | None) -> list
                     " points; paper 98.9% vs 32.4%)")
         out.append(_finding("lookalike_separation", "§4.1, Table 1", claim, bool(holds), evidence))
 
-    o1, o2 = _get(sep, "F_ours", "opt1", "CelebA-Same+Diff"), _get(sep, "F_ours", "opt2", "CelebA-Same+Diff")
-    l2 = _get(sep, "F_ours", "opt2", "Lookalike-Baseline")
+    o1, o2 = lookup(sep, "F_ours", "opt1", "CelebA-Same+Diff"), lookup(sep, "F_ours", "opt2", "CelebA-Same+Diff")
+    l2 = lookup(sep, "F_ours", "opt2", "Lookalike-Baseline")
     claim = "F_ours separates CelebA-Same from CelebA-Diff and Lookalike-Baseline with one α_thr (Opt 2, no trade-off)"
     if o1 is None or o2 is None or l2 is None:
         out.append(_finding("single_threshold", "§4.1, Table 1", claim, None, "not measured"))
     else:
         holds = o2 >= o1 - OPT2_MAX_DROP and l2 >= LOOKALIKE_MIN_ACCURACY
-        b1 = _get(sep, "F_baseline", "opt1", "CelebA-Same+Diff")
-        b2 = _get(sep, "F_baseline", "opt2", "CelebA-Same+Diff")
-        bl2 = _get(sep, "F_baseline", "opt2", "Lookalike-Baseline")
+        b1 = lookup(sep, "F_baseline", "opt1", "CelebA-Same+Diff")
+        b2 = lookup(sep, "F_baseline", "opt2", "CelebA-Same+Diff")
+        bl2 = lookup(sep, "F_baseline", "opt2", "Lookalike-Baseline")
         evidence = (f"F_ours CelebA-Same+Diff {_pct(o1)} (Opt 1) → {_pct(o2)} (Opt 2), Lookalike-Baseline {_pct(l2)}; "
                     f"F_baseline {_pct(b1)} → {_pct(b2)}, Lookalike-Baseline {_pct(bl2)} (rule: drop ≤ "
                     f"{100 * OPT2_MAX_DROP:.0f} point and Lookalike-Baseline ≥ {_pct(LOOKALIKE_MIN_ACCURACY)})")
         out.append(_finding("single_threshold", "§4.1, Table 1", claim, bool(holds), evidence))
 
-    angles = _get(t1, "angles")
-    mb, mo = _get(angles, "CelebA-Same", "F_baseline", "mean"), _get(angles, "CelebA-Same", "F_ours", "mean")
+    angles = lookup(t1, "angles")
+    mb, mo = lookup(angles, "CelebA-Same", "F_baseline", "mean"), lookup(angles, "CelebA-Same", "F_ours", "mean")
     claim = "F_ours keeps the CelebA-Same distribution of F_baseline"
     if mb is None or mo is None:
         out.append(_finding("same_kept", "§4.1, Table 1", claim, None, "not measured"))
@@ -394,7 +395,7 @@ def findings(t1: Mapping | None, t2: Mapping | None, t3: Mapping | None) -> list
 
     diff_sets = ("CelebA-Diff", "PULSE-Pairs", "Lookalike-Baseline")
     claim = "F_ours gives CelebA-Diff, PULSE-Pairs and Lookalike-Baseline similar distributions"
-    means = {e: [_get(angles, s, e, "mean") for s in diff_sets] for e in EXTRACTORS}
+    means = {e: [lookup(angles, s, e, "mean") for s in diff_sets] for e in EXTRACTORS}
     if any(m is None for m in means["F_ours"]):
         out.append(_finding("diff_collapse", "§4.1, Table 1", claim, None, "not measured"))
     else:
