@@ -65,7 +65,7 @@ def _attribute_loss(module, batch) -> float:
 def test_multitask_training_learns_race_and_attributes(tiny_world: Path, tmp_path: Path) -> None:
     """Eq. 10 without lookalikes (first meta-epoch): C_R / C_A learn on F's features, the checkpoint carries them."""
     pl.seed_everything(0)
-    cfg = _cfg(tiny_world, tmp_path)
+    cfg = _cfg(tiny_world, tmp_path, ["module.race_weight=10", "module.attribute_weight=10"])  # the paper's Eq. 10
     datamodule, module = instantiate(cfg.data), instantiate(cfg.module)
     assert set(datamodule.datamodules) == {"ms1m", "lookalike", "fairface", "celeba"}
     fairface = _stack(FairFaceDataset(tiny_world / "fairface", "train", image_size=SIZE))
@@ -89,7 +89,9 @@ def test_multitask_training_learns_race_and_attributes(tiny_world: Path, tmp_pat
                 "val/attribute_mAP"):
         assert np.isfinite(m[key]), key
     # Eq. 10's total with the paper's weights
-    total = m["train/L_arc"] + 10 * (m["train/L_race_class"] + m["train/L_attribute_class"])
+    assert (module.race_weight, module.attribute_weight) == (10.0, 10.0)
+    total = m["train/L_arc"] + module.race_weight * m["train/L_race_class"] + \
+        module.attribute_weight * m["train/L_attribute_class"]
     assert abs(m["train/loss"] - total) < 1e-3 * max(1.0, total)
     # Appendix C: inverse class frequency of the CelebA training split
     p = celeba["attributes"].mean(0)
