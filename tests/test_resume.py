@@ -21,34 +21,34 @@ ARGS = ["trainer.max_epochs=3", "trainer.limit_train_batches=4", "trainer.limit_
 
 
 def _cmd(world: Path, run_root: Path) -> list[str]:
-    return [sys.executable, "-m", "lrface.cli", "run", "quickstart",
-            *smoke_overrides("quickstart", world, run_root), *ARGS]
+    return [sys.executable, "-m", "lrface.cli", "run", "arcface_synthetic",
+            *smoke_overrides("arcface_synthetic", world, run_root), *ARGS]
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tiny_world: Path, tmp_path: Path) -> None:
     straight_root, killed_root = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_cmd(tiny_world, straight_root), cwd=ROOT, check=True, capture_output=True, timeout=600)
-    straight = only_run_dir(straight_root, "quickstart")
+    straight = only_run_dir(straight_root, "arcface_synthetic")
 
     proc = subprocess.Popen(_cmd(tiny_world, killed_root), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list(killed_root.glob("quickstart/*/checkpoints/last.ckpt")):
+    while not list(killed_root.glob("arcface_synthetic/*/checkpoints/last.ckpt")):
         assert proc.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline
         time.sleep(0.05)
     time.sleep(0.5)  # into the next steps, possibly mid-way through the next checkpoint write
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed = only_run_dir(killed_root, "quickstart")
+    killed = only_run_dir(killed_root, "arcface_synthetic")
     assert not (killed / "results.json").exists()
     state = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     killed_at = state["global_step"]
     assert 0 < killed_at < 12
 
     subprocess.run(_cmd(tiny_world, killed_root), cwd=ROOT, check=True, capture_output=True, timeout=600)
-    assert only_run_dir(killed_root, "quickstart") == killed  # resumed in place, no second run directory
+    assert only_run_dir(killed_root, "arcface_synthetic") == killed  # resumed in place, no second run directory
     assert results(killed)["trainer/global_step"] == results(straight)["trainer/global_step"] == 12
     assert [r["epoch"] for r in history(killed)] == [r["epoch"] for r in history(straight)] == [0, 1, 2]
     assert [r["step"] for r in history(killed)] == [r["step"] for r in history(straight)]
@@ -58,13 +58,13 @@ def test_finished_run_is_not_resumed_and_changed_config_starts_fresh(tmp_path: P
     from lightning_modules.runner import find_auto_resume
     from lrface.config import compose
 
-    cfg = compose("quickstart", [f"run_root={tmp_path}"])
-    run_dir = tmp_path / "quickstart" / "20260101-000000"
+    cfg = compose("arcface_synthetic", [f"run_root={tmp_path}"])
+    run_dir = tmp_path / "arcface_synthetic" / "20260101-000000"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
     (run_dir / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg, resolve=True))
     assert find_auto_resume(cfg) == (run_dir, run_dir / "checkpoints" / "last.ckpt")
-    assert find_auto_resume(compose("quickstart", [f"run_root={tmp_path}", "module.optimizer.lr=0.3"])) is None
+    assert find_auto_resume(compose("arcface_synthetic", [f"run_root={tmp_path}", "module.optimizer.lr=0.3"])) is None
     (run_dir / "results.json").write_text("{}")
     assert find_auto_resume(cfg) is None
 
