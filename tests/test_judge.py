@@ -51,7 +51,7 @@ def test_face_judge_shapes_slices_and_resize():
     with pytest.raises(ValueError):
         FaceJudge("resnet10t", "gender")
     with pytest.raises(ValueError, match="pretrained"):
-        FaceJudge("resnet10t", "race", pretrained=True)
+        FaceJudge("resnet10t", "race", **{"pretrained": 1})  # any pretrained option is refused
 
 
 def _torchvision_fairface(seed: int = 0):
