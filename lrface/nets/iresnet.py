@@ -185,21 +185,29 @@ class IResNet(nn.Module):
         Returns:
             B×num_features fp32 raw embeddings (no L2 normalisation).
         """
+        return self.forward_head(self.forward_trunk(x))
+
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem → layer4 → bn2 → flatten: the output of the last convolution, B×(widths[-1]·(S/16)²).
+
+        URL's confidence branch (:class:`lrface.nets.url.URLNet`) starts here, beside the embedding ``fc``.
+        """
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(
                 f"IResNet expects B×3×{self.input_size}×{self.input_size} input; got {tuple(x.shape)}"
             )
-        device_type = x.device.type
-        with torch.autocast(device_type, enabled=self.fp16):
+        with torch.autocast(x.device.type, enabled=self.fp16):
             x = self.prelu(self.bn1(self.conv1(x)))
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            x = self.bn2(x)
-            x = torch.flatten(x, 1)
-            x = self.dropout(x)
+            return torch.flatten(self.bn2(x), 1)
+
+    def forward_head(self, trunk: torch.Tensor) -> torch.Tensor:
+        """Dropout → fc → features BN: B×trunk features → B×num_features fp32 embeddings."""
+        with torch.autocast(trunk.device.type, enabled=self.fp16):
+            trunk = self.dropout(trunk)
         # The embedding head is precision-sensitive (BN1d statistics, later margins): keep it fp32 always.
-        with torch.autocast(device_type, enabled=False):
-            x = self.features(self.fc(x.float()))
-        return x
+        with torch.autocast(trunk.device.type, enabled=False):
+            return self.features(self.fc(trunk.float()))
 
 
 def _iresnet(name: str, **kwargs) -> IResNet:

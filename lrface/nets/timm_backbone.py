@@ -93,13 +93,21 @@ class TimmBackbone(nn.Module):
         Returns:
             B×num_features fp32 raw embeddings (no L2 normalisation).
         """
+        return self.forward_head(self.forward_trunk(x))
+
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's pooled pre-logits features, B×width (URL's confidence branch starts here, beside ``fc``)."""
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(
                 f"TimmBackbone expects B×3×{self.input_size}×{self.input_size} input; got {tuple(x.shape)}"
             )
-        device_type = x.device.type
-        with torch.autocast(device_type, enabled=self.fp16):
-            x = self.dropout(self.body(x))
+        with torch.autocast(x.device.type, enabled=self.fp16):
+            return self.body(x)
+
+    def forward_head(self, trunk: torch.Tensor) -> torch.Tensor:
+        """Dropout → fc → features BN: B×width → B×num_features fp32 embeddings."""
+        with torch.autocast(trunk.device.type, enabled=self.fp16):
+            trunk = self.dropout(trunk)
         # Same precision rule as IResNet: the embedding head (BN1d statistics, later margins) stays fp32.
-        with torch.autocast(device_type, enabled=False):
-            return self.features(self.fc(x.float()))
+        with torch.autocast(trunk.device.type, enabled=False):
+            return self.features(self.fc(trunk.float()))
