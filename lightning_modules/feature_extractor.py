@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -47,8 +47,12 @@ from lrface.io import atomic_write_bytes
 from lrface.losses.identity import (ALPHA_THR, GAMMA_TEMP, L_attribute_class, L_race_class, L_siam,
                                     attribute_class_weights, feature_extractor_loss)
 from lrface.losses.partial_fc import PartialFC, exclude_from_ddp
+from lrface.losses.url import ConfidenceAwareHead, L_reg, VariationDecorrelation
 from lrface.metrics.average_precision import mean_average_precision
 from lrface.metrics.verification import verify_pairs
+from lrface.nets.url import split_sub_embeddings
+
+from .frozen_nets import FrozenNets
 
 #: Member names of a multi-task batch (b1–b4 of Alg. 1) and the term each one trains.
 ARC_MEMBER, SIAM_MEMBER, RACE_MEMBER, ATTRIBUTE_MEMBER = "ms1m", "lookalike", "fairface", "celeba"
@@ -71,7 +75,7 @@ def _find_member(datamodule, attribute: str):
     return None
 
 
-class FeatureExtractorModule(pl.LightningModule):
+class FeatureExtractorModule(FrozenNets, pl.LightningModule):
     """Args:
         backbone: the embedding network (e.g. ``lrface.nets.iresnet.iresnet50``), B×3×112×112 in [-1, 1] → B×D.
         head: a factory ``head(in_features=D, out_features=C)`` for the margin head (ArcFace, CosFace, ...).
@@ -97,6 +101,29 @@ class FeatureExtractorModule(pl.LightningModule):
         attribute_loss: ``"bce"`` (multi-label cross-entropy, the paper's CE) or ``"mse"`` ((σ − y)², official code).
         alpha_thr: initial α_thr of L_siam in degrees (the lookalike callback overwrites ``self.alpha_thr``).
         gamma_temp: γ_temp of L_siam in degrees.
+        reg_weight: URL only: λ_reg of L_reg, the confidence regulariser (:mod:`lrface.losses.url`).
+        variations: URL only: the M variations of the decorrelation loss (names of ``variation_augment`` and
+            ``variation_labeler`` labels); empty = no decorrelation (supp. Table 1's 0+0).
+        cls_weight, adv_weight: URL only: λ_cls and λ_adv of L_cls and L_adv.
+        variation_mask_fraction, variation_mask_seed: the fixed masks V_t (a random half of the sub-embeddings).
+        variation_augment: an ``nn.Module`` (``datamodules.variations.VariationAugment``) applied on the device to the
+            training images of plain batches, returning (images, {variation: B labels}); any backbone (an ArcFace
+            baseline with the same augmentation is URL's "Baseline + VA").
+        variation_labeler: path of a θ_A checkpoint (``lightning_modules.variation_labeler``): labels the
+            additional variations (gender, age, smiling) of every clean training image; frozen, not saved.
+        confidence_warmup_steps: URL only: for this many optimizer steps the confidences are held at their initial
+            value (the branch gets exact-zero gradients), so L_idt starts as a CosFace of scale
+            ``URLNet.confidence_init``. Why: at random init cos θ_y carries no signal and the softmax's convexity
+            pulls every s down; s → 0 then gates every gradient to ~0 (Eq. 26) and training stalls. The
+            supplementary does not say how this start is handled; 0 = train the branch from step 0.
+        confidence_lr_scale: URL only: learning-rate factor of the confidence branch (no weight decay there):
+            ∂L/∂log s grows with s, so the branch takes steps ~s times larger than the trunk at the same rate.
+
+    URL (seed 001): when ``backbone`` has ``forward_with_confidence`` (``lrface.nets.url.URLNet``) the head must be a
+    :class:`~lrface.losses.url.ConfidenceAwareHead` (its K is taken from the backbone) and plain batches train
+    L_idt + λ_reg·L_reg + λ_cls·L_cls + λ_adv·L_adv. Logged: ``train/L_idt``, ``train/L_reg``, ``train/L_cls``,
+    ``train/L_adv``, ``train/confidence`` (mean s), ``train/confidence_<variation>`` / ``..._clean`` (mean s of the
+    samples with / without each variation) and ``train/variation_accuracy/<name>`` (C_t on V_t).
 
     Attributes set by the lookalike callback: ``alpha_thr`` (float, degrees) and ``siam_enabled`` (bool, default
     False); both are saved in checkpoints.
@@ -108,9 +135,14 @@ class FeatureExtractorModule(pl.LightningModule):
                  partial_fc_sample_rate: float | None = None, export_embeddings: bool = False,
                  siam_weight: float = 0.0, race_weight: float = 0.0, attribute_weight: float = 0.0,
                  attribute_weighting: str = "inverse_frequency", attribute_beta: float = 0.9999,
-                 attribute_loss: str = "bce", alpha_thr: float = ALPHA_THR, gamma_temp: float = GAMMA_TEMP):
+                 attribute_loss: str = "bce", alpha_thr: float = ALPHA_THR, gamma_temp: float = GAMMA_TEMP,
+                 reg_weight: float = 0.0, variations: Sequence[str] = (), cls_weight: float = 0.0,
+                 adv_weight: float = 0.0, variation_mask_fraction: float = 0.5, variation_mask_seed: int = 0,
+                 variation_augment: nn.Module | None = None, variation_labeler: str | None = None,
+                 confidence_warmup_steps: int = 0, confidence_lr_scale: float = 1.0):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "head", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["backbone", "head", "optimizer", "scheduler", "variation_augment"])
+        self._nets: dict[str, nn.Module] = {}
         self.backbone = backbone
         self.head_factory = head
         self.optimizer_factory = optimizer
@@ -149,23 +181,55 @@ class FeatureExtractorModule(pl.LightningModule):
             self.register_buffer("attribute_neg_weight", torch.ones(NUM_ATTRIBUTES))
         self._warned_unused: set[str] = set()
 
+        self.url = callable(getattr(backbone, "forward_with_confidence", None))
+        variations = tuple(str(v) for v in variations)
+        if variations and not self.url:
+            raise ValueError(f"variations {variations} need a URL backbone (lrface.nets.url.URLNet): the "
+                             "decorrelation loss works on its sub-embeddings")
+        if min(reg_weight, cls_weight, adv_weight) < 0:
+            raise ValueError(f"URL weights must be ≥ 0, got reg {reg_weight}, cls {cls_weight}, adv {adv_weight}")
+        self.reg_weight, self.cls_weight, self.adv_weight = float(reg_weight), float(cls_weight), float(adv_weight)
+        self.confidence_warmup_steps = int(confidence_warmup_steps)
+        self.confidence_lr_scale = float(confidence_lr_scale)
+        self.variation_augment = variation_augment
+        self.variation_labeler_path = variation_labeler
+        self.decorrelation = None
+        if variations:
+            k = backbone.num_sub_embeddings
+            self.decorrelation = VariationDecorrelation(k, self.embedding_size // k, variations,
+                                                        variation_mask_fraction, variation_mask_seed)
+
     def _build_head(self, num_classes: int) -> None:
         self.num_classes = int(num_classes)
+        extra = {"num_sub_embeddings": self.backbone.num_sub_embeddings} if self.url else {}
         if self.partial_fc_sample_rate is None:
-            self.head = self.head_factory(in_features=self.embedding_size, out_features=self.num_classes)
+            self.head = self.head_factory(in_features=self.embedding_size, out_features=self.num_classes, **extra)
+            self._check_head(self.head)
             return
         # The margin head only supplies its margin function: out_features=1 so no unused C×D matrix is allocated.
         # The process group exists by now (setup runs after it is created), so the shard matches this rank.
-        margin = self.head_factory(in_features=self.embedding_size, out_features=1)
+        margin = self.head_factory(in_features=self.embedding_size, out_features=1, **extra)
+        self._check_head(margin)
         self.partial_fc = PartialFC(margin, self.embedding_size, self.num_classes,
                                     sample_rate=self.partial_fc_sample_rate, checkpoint_layout="full")
         exclude_from_ddp(self)  # each rank updates its own shard; DDP must not average it
 
+    def _check_head(self, head: nn.Module) -> None:
+        if self.url != isinstance(head, ConfidenceAwareHead):
+            raise ValueError("a URL backbone (URLNet) trains with lrface.losses.url.ConfidenceAwareHead and a plain "
+                             f"backbone with a margin head; got {type(self.backbone).__name__} with "
+                             f"{type(head).__name__}")
+
     def setup(self, stage: str) -> None:
-        if hasattr(self.backbone, "fp16") and str(self.trainer.precision).endswith("-mixed"):
+        net = getattr(self.backbone, "body", self.backbone)  # a URLNet's own backbone
+        if hasattr(net, "fp16") and str(self.trainer.precision).endswith("-mixed"):
             # IResNet's fp16=False switches autocast *off* in its trunk (official semantics): under a mixed-precision
             # Trainer the trunk should follow the outer autocast instead. fc + features stay fp32 either way.
-            self.backbone.fp16 = True
+            net.fp16 = True
+        if stage == "fit" and self.variation_labeler_path and "labeler" not in self._nets:
+            from lrface.variation_labeler import load_variation_labeler
+
+            self._nets["labeler"] = load_variation_labeler(self.variation_labeler_path).to(self.device)
         dm = self._trainer.datamodule if self._trainer is not None else None
         if self.head is None and self.partial_fc is None:
             num_classes = self._pending_classes
@@ -203,8 +267,25 @@ class FeatureExtractorModule(pl.LightningModule):
             return self._arc_step(batch)
         return self._multitask_step(batch)
 
+    def _variation_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training images after the on-the-fly variations, and every variation label known for them."""
+        images, labels = batch["image"], {}
+        if self.variation_augment is not None:
+            # kornia's warps / codecs run in fp32 outside autocast (RandomDegradation's rule)
+            with torch.autocast(images.device.type, enabled=False):
+                images, labels = self.variation_augment(images.float(), batch=batch)
+            labels = dict(labels)
+        labeler = self._nets.get("labeler")
+        if labeler is not None:  # θ_A sees the clean image: gender / age / smiling belong to the face, not the crop
+            with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+                labels.update(labeler.labels(batch["image"].float()))
+        return images, labels
+
     def _arc_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        embeddings = self(batch["image"])
+        images, variation_labels = self._variation_batch(batch)
+        if self.url:
+            return self._url_step(images, batch["identity"], variation_labels)
+        embeddings = self(images)
         if self.partial_fc is not None:  # the full logits never exist on one rank: no accuracy to log
             loss = self.partial_fc(embeddings, batch["identity"])
         else:
@@ -215,6 +296,44 @@ class FeatureExtractorModule(pl.LightningModule):
             self.log("train/acc", acc, prog_bar=True)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _url_step(self, images: torch.Tensor, identity: torch.Tensor,
+                  variation_labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """URL: L_idt + λ_reg·L_reg + λ_cls·L_cls + λ_adv·L_adv (seed 001; :mod:`lrface.losses.url`)."""
+        embeddings, confidences = self.backbone.forward_with_confidence(to_model_range(images))
+        n = len(identity)
+        if self.global_step < self.confidence_warmup_steps:
+            confidences = confidences.detach() + confidences * 0.0  # zero gradients keep DDP's reduction complete
+        if self.partial_fc is not None:
+            l_idt = self.partial_fc(embeddings, identity, confidences=confidences)
+        else:
+            logits = self.head(embeddings, confidences, identity)
+            l_idt = F.cross_entropy(logits, identity, ignore_index=-1)
+            with torch.no_grad():
+                self.log("train/acc", (logits.argmax(1) == identity).float().mean(), prog_bar=True, batch_size=n)
+        l_reg = L_reg(confidences)
+        total = l_idt + self.reg_weight * l_reg
+        logs = {"L_idt": l_idt, "L_reg": l_reg}
+        if self.decorrelation is not None:
+            out = self.decorrelation(split_sub_embeddings(embeddings, self.backbone.num_sub_embeddings),
+                                     variation_labels)
+            # a classifier whose variation has no known label in this batch still joins DDP's reduction
+            zero = sum(p.sum() for p in self.decorrelation.parameters()) * 0.0
+            total = total + self.cls_weight * out["L_cls"] + self.adv_weight * out["L_adv"] + zero
+            logs.update(L_cls=out["L_cls"], L_adv=out["L_adv"])
+            logs.update({f"variation_{k}": v for k, v in out.items() if k.startswith("accuracy/")})
+        with torch.no_grad():
+            s = confidences.mean(1)
+            logs["confidence"] = s.mean()
+            for name, u in variation_labels.items():
+                u = u.to(s.device).reshape(-1)
+                for tag, sel in ((name, u == 1), (f"{name}_absent", u == 0)):
+                    if sel.any():
+                        logs[f"confidence_{tag}"] = s[sel].mean()
+        for name, value in logs.items():
+            self.log(f"train/{name}", value, batch_size=n)
+        self.log("train/loss", total, prog_bar=True, batch_size=n)
+        return total
 
     def _arc_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.partial_fc is not None:
@@ -236,6 +355,9 @@ class FeatureExtractorModule(pl.LightningModule):
                            "and not used")
 
     def _multitask_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.url:
+            raise ValueError("URL backbones train on plain MS1M batches; multi-task batches (Eq. 10) need a plain "
+                             "backbone")
         unknown = sorted(set(batch) - set(MEMBERS))
         if unknown:
             raise ValueError(f"multi-task batch members {unknown} are not known; FeatureExtractorModule trains on "
@@ -405,13 +527,24 @@ class FeatureExtractorModule(pl.LightningModule):
     def configure_optimizers(self):
         head = self.partial_fc if self.partial_fc is not None else self.head
         # the class centres last, as arcface_torch orders its groups
-        params = [{"params": self.backbone.parameters()}]
+        if self.url:  # the confidence branch: its own learning-rate scale, no weight decay (see confidence_lr_scale)
+            branch = list(self.backbone.confidence.parameters())
+            ids = {id(p) for p in branch}
+            params = [{"params": [p for p in self.backbone.parameters() if id(p) not in ids]},
+                      {"params": branch, "weight_decay": 0.0, "lr_scale": self.confidence_lr_scale}]
+        else:
+            params = [{"params": self.backbone.parameters()}]
         classifiers = [p for m in (self.race_classifier, self.attribute_classifier) if m is not None
                        for p in m.parameters()]
+        if self.decorrelation is not None:  # URL's C_t train with L_cls
+            classifiers += list(self.decorrelation.parameters())
         if classifiers:  # C_R, C_A train jointly with F (Eq. 10 is minimised over F, C_R, C_A)
             params.append({"params": classifiers})
         params.append({"params": head.parameters()})
+        scales = [group.pop("lr_scale", 1.0) for group in params]
         optimizer = self.optimizer_factory(params)
+        for group, scale in zip(optimizer.param_groups, scales):
+            group["lr"] *= scale
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)

@@ -324,6 +324,19 @@ def _step_args(args: list[str], done: dict[str, Path], step: str) -> list[str]:
     return [STEP_REF.sub(sub, str(a)) for a in args]
 
 
+def run_pipeline_report(cfg: DictConfig, runs: dict[str, Path], out_dir: Path) -> Any:
+    """Calls the experiment's ``pipeline_report`` (``{_target_: callable, **kwargs}``, e.g.
+    ``lrface.recognition_table.write_comparison``) with ``runs={step: run directory}`` and ``out_dir`` = the
+    pipeline's run directory, after every step has finished; nothing when it is null."""
+    report = cfg.get("pipeline_report")
+    if report is None:
+        return None
+    if not isinstance(report, DictConfig) or "_target_" not in report:
+        raise ValueError(f"pipeline_report must be {{_target_: dotted.callable, ...}} called with runs= and out_dir=; "
+                         f"got {report!r}")
+    return instantiate(report, runs=dict(runs), out_dir=out_dir)
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     """Runs ``cfg.pipeline``'s steps in order, each an experiment of its own run directory.
 
@@ -336,7 +349,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     The steps run one after another in this process (a laptop flow); on a cluster run each step as its own
     experiment (``lrface run NAME args``, ``lrface slurm``) — the pipeline prints those commands.
     The pipeline's own run directory gets ``pipeline.json`` (the steps' run directories, seconds, reuse) and
-    ``results.json`` / ``results.md`` (the last step's results).
+    ``results.json`` / ``results.md`` (the last step's results); then ``pipeline_report``, if set, writes its report
+    there (:func:`run_pipeline_report`).
     """
     from lrface.config import compose
 
@@ -395,6 +409,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     for report in ("seed000.md", "seed000.json"):
         if (last / report).exists():
             atomic_write_text(run_dir / report, (last / report).read_text())
+    run_pipeline_report(cfg, done, run_dir)
     rows = "\n".join(f"| {r['step']} | `{r['run_dir']}` | {r['seconds']:.0f} s{' (reused)' if r['reused'] else ''} |"
                      for r in log_rows)
     print(f"\npipeline {cfg.name}: {time.perf_counter() - start:.0f} s\n| step | run | time |\n|---|---|---|\n{rows}",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.evaluation import embed_files, evaluate_bin
+from callbacks.evaluation import embed_files, evaluate_bin, evaluate_survface
 from datamodules.formats.verification_bin import load_bin_encoded
 from lrface.cli import main
 from lrface.metrics.verification import verify_pairs
@@ -87,3 +87,39 @@ def test_degraded_pairs_change_the_embeddings(backbone_files, tiny_world: Path) 
     full, low = evaluate_bin(model, lfw), evaluate_bin(model, lfw, degrade_to=8)
     assert full.keys() == low.keys() and full != low
 
+
+
+def test_url_backbone_gets_both_scores_confidences_and_ranks(tiny_world: Path) -> None:
+    """A URLNet: the cosine keys are its body's, plus ``url/`` keys (confidence-weighted score), the mean confidences
+    (flip views averaged), and SurvFace's closed-set rank-1 / rank-5."""
+    from datamodules.ms1m import VerificationPairs
+    from lrface.metrics.confidence_score import confidence_weighted_scores
+    from lrface.metrics.verification import verify_scores
+    from lrface.nets.url import URLNet
+
+    torch.manual_seed(0)
+    net = URLNet(load_backbone("r18", **TINY), num_sub_embeddings=4).eval()
+    torch.nn.init.normal_(net.confidence.weight, std=0.5)  # input-dependent confidences (the init is constant)
+    lfw = tiny_world / "ms1m" / "lfw.bin"
+    full, low, plain = evaluate_bin(net, lfw), evaluate_bin(net, lfw, degrade_to=8), evaluate_bin(net.body, lfw)
+    assert set(plain) < set(full) and all(full[k] == plain[k] for k in plain)
+    assert {"url/accuracy", "url/accuracy_std", "url/auc", "url/tar@far=0.1", "confidence/mean_s",
+            "confidence/mean_log_s"} <= set(full) and full.keys() == low.keys()
+
+    pairs = VerificationPairs(lfw, image_size=112)
+    with torch.no_grad():
+        views = {}
+        for key in ("image1", "image2"):
+            x = torch.stack([pairs[i][key] for i in range(len(pairs))]) * 2 - 1
+            (e, s), (ef, sf) = net.forward_with_confidence(x), net.forward_with_confidence(x.flip(3))
+            views[key] = (e + ef, (s + sf) / 2)
+    conf = torch.cat([views["image1"][1], views["image2"][1]])
+    assert full["confidence/mean_s"] == pytest.approx(conf.mean().item(), rel=1e-4)
+    assert full["confidence/mean_log_s"] == pytest.approx(conf.log().mean().item(), abs=1e-4)
+    assert full["confidence/mean_s"] != pytest.approx(low["confidence/mean_s"], rel=1e-3)
+    scores = confidence_weighted_scores(*views["image1"], *views["image2"])
+    assert full["url/accuracy"] == pytest.approx(verify_scores(scores, pairs.issame)["accuracy"])
+
+    sf = evaluate_survface(net, tiny_world / "qmul_survface")
+    assert 0.0 <= sf["identification/rank1"] <= sf["identification/rank5"] <= 1.0
+    assert {"url/verification/auc", "url/verification/tar@far=0.1", "confidence/mean_s"} <= set(sf)

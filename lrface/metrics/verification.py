@@ -4,7 +4,8 @@
 L2-normalised embeddings, squared Euclidean distances (= 2 − 2·cos), a pair is predicted "same" when
 distance < threshold, thresholds ``np.arange(0, 4, 0.01)``, contiguous unshuffled folds (sklearn
 ``KFold(n_splits, shuffle=False)``), the accuracy-maximising threshold of the other folds applied to each held-out
-fold. It also computes VAL@FAR = 1e-3 on ``np.arange(0, 4, 0.001)`` as ``calculate_val`` does.
+fold. It also computes VAL@FAR = 1e-3 on ``np.arange(0, 4, 0.001)`` as ``calculate_val`` does. ``verify_scores``
+runs the same protocol on precomputed similarity scores in [-1, 1] (distance = 2 − 2·score).
 
 ``roc_curve``/``tar_at_far``/``roc_auc`` work on similarity scores (higher = more likely the same identity) and
 follow sklearn's ``roc_curve`` conventions, as used by insightface ``eval_ijbc.py`` and the QMUL-SurvFace 1:1
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["kfold_splits", "pair_distances", "verify_pairs", "roc_curve", "tar_at_far", "roc_auc"]
+__all__ = ["kfold_splits", "pair_distances", "verify_pairs", "verify_scores", "roc_curve", "tar_at_far", "roc_auc"]
 
 
 def _np(x, dtype=None) -> np.ndarray:
@@ -129,7 +130,41 @@ def verify_pairs(emb1, emb2, issame, n_folds: int = 10, far_target: float = 1e-3
         (VAL@FAR mean/std and the achieved mean FAR), ``tpr`` and ``fpr`` (fold-averaged ROC over
         ``np.arange(0, 4, 0.01)``).
     """
-    dist = pair_distances(emb1, emb2)
+    return _verify_distances(pair_distances(emb1, emb2), issame, n_folds, far_target)
+
+
+def verify_scores(scores, issame, n_folds: int = 10, far_target: float = 1e-3) -> dict:
+    """The same 10-fold protocol on precomputed similarity scores in [-1, 1] (a cosine or a cosine-like score, e.g.
+    URL's confidence-weighted :func:`lrface.metrics.confidence_score.confidence_weighted_scores`).
+
+    A score is mapped to insightface's distance scale d = 2 − 2·score (for unit embeddings the squared Euclidean
+    distance), so the thresholds ``np.arange(0, 4, 0.01)`` and every fold decision are exactly :func:`verify_pairs`'
+    when the scores are the pairs' cosines.
+
+    Args:
+        scores: P similarities in [-1, 1] (higher = same identity; numpy or torch).
+        issame: P bools.
+        n_folds: number of contiguous folds (10).
+        far_target: FAR at which VAL is reported (1e-3).
+
+    Returns:
+        :func:`verify_pairs`' dict (``threshold`` / ``thresholds`` on the distance scale) plus ``score_threshold``:
+        the mean per-fold threshold on the score scale (1 − threshold / 2; "same" when score > it).
+    """
+    s = _np(scores, np.float64).reshape(-1)
+    if not np.all(np.isfinite(s)):
+        i = int(np.flatnonzero(~np.isfinite(s))[0])
+        raise ValueError(f"scores must be finite; score {i} is {s[i]}")
+    if s.size and (s.min() < -1 - 1e-6 or s.max() > 1 + 1e-6):
+        raise ValueError(f"scores must be similarities in [-1, 1] (the protocol's thresholds cover only that range); "
+                         f"got min {s.min():.6g}, max {s.max():.6g}")
+    result = _verify_distances(2.0 - 2.0 * np.clip(s, -1.0, 1.0), issame, n_folds, far_target)
+    result["score_threshold"] = 1.0 - result["threshold"] / 2.0
+    return result
+
+
+def _verify_distances(dist: np.ndarray, issame, n_folds: int, far_target: float) -> dict:
+    """:func:`verify_pairs` on P float64 distances in [0, 4] (smaller = same identity)."""
     same = _np(issame).astype(bool).reshape(-1)
     n_pairs = min(len(same), len(dist))
     dist, same = dist[:n_pairs], same[:n_pairs]
