@@ -21,13 +21,70 @@ from datamodules.image_io import decode_image, to_tensor
 from datamodules.transforms import resize_uint8
 
 DEFAULT_VAL_SETS = ("lfw", "cfp_fp", "agedb_30")
+#: Ground-truth head pose beside ``train.rec`` (``<rec stem>_pose.tsv``): written only by the synthetic world.
+POSE_SIDECAR = "train_pose.tsv"
+POSE_HEADER = "index\tyaw\tpitch\troll"
+
+
+def read_pose_sidecar(path: str | Path, num_images: int) -> np.ndarray:
+    """Parse a pose sidecar: header ``index<TAB>yaw<TAB>pitch<TAB>roll``, then one row per image record.
+
+    ``index`` is the 0-based image record (the dataset index, i.e. the position in ``train.idx`` after the meta
+    record); angles in radians. Every index in ``[0, num_images)`` must appear exactly once.
+
+    Returns:
+        num_images×3 float32 (yaw, pitch, roll).
+
+    Raises:
+        DataFormatError: naming the file and line of a malformed row, or the first index without a row.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(path, f"not a text file ({exc.reason})", offset=exc.start,
+                              expected="tab-separated text") from None
+    if not lines or lines[0].strip().split("\t") != POSE_HEADER.split("\t"):
+        raise DataFormatError(path, f"bad header {lines[0][:60] if lines else ''!r}", line=1,
+                              expected=repr(POSE_HEADER))
+    pose = np.full((num_images, 3), np.nan, dtype=np.float32)
+    seen = np.zeros(num_images, dtype=bool)
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.strip().split("\t")
+        try:
+            if len(fields) != 4:
+                raise ValueError(f"{len(fields)} fields")
+            index, angles = int(fields[0]), [float(v) for v in fields[1:]]
+            if not np.isfinite(angles).all():
+                raise ValueError("a non-finite angle")
+        except ValueError as exc:
+            raise DataFormatError(path, f"malformed row {line[:60]!r} ({exc})", line=lineno,
+                                  expected="an integer index and three finite angles in radians, tab-separated") \
+                from None
+        if not 0 <= index < num_images:
+            raise DataFormatError(path, f"index {index} out of range", line=lineno,
+                                  expected=f"0 ≤ index < {num_images} (the image records of the .rec)")
+        if seen[index]:
+            raise DataFormatError(path, f"index {index} appears twice", line=lineno, expected="one row per record")
+        seen[index] = True
+        pose[index] = angles
+    if not seen.all():
+        missing = int(np.flatnonzero(~seen)[0])
+        raise DataFormatError(path, f"no row for index {missing} ({int((~seen).sum())} of {num_images} missing)",
+                              expected="one row per image record")
+    return pose
 
 
 class MS1MDataset(Dataset):
     """Image records of an InsightFace ``.rec`` folder.
 
     Items: ``image`` float32 3×H×W in [0, 1], ``identity`` 0-based int, ``size`` int64 [H, W] of the stored image,
-    ``index`` int.
+    ``index`` int; and ``yaw`` (float32 scalar tensor, radians) when a pose sidecar ``<rec stem>_pose.tsv``
+    (:func:`read_pose_sidecar`) lies beside the ``.rec``. Only the synthetic world writes one (its rendered head
+    pose, the ground truth of URL's pose variation with ``datamodules.variations`` ``pose.source="label"``); real
+    releases have none and their items are unchanged.
 
     Args:
         root: folder with ``train.rec``, ``train.idx`` (and ``property``), or the ``.rec`` path.
@@ -46,6 +103,8 @@ class MS1MDataset(Dataset):
         self.image_size = image_size
         self.on_corrupt = check_on_corrupt(on_corrupt)
         self.corrupt_log = CorruptLog(f"MS1M {self.rec.rec_path}")
+        sidecar = self.rec.rec_path.with_name(f"{self.rec.rec_path.stem}_pose.tsv")
+        self.pose = read_pose_sidecar(sidecar, len(self.keys)) if sidecar.is_file() else None
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +125,10 @@ class MS1MDataset(Dataset):
         image = resize_uint8(image, self.image_size) if self.image_size is not None else image
         if self.transform is not None:
             image = self.transform(image)
-        return {"image": to_tensor(image), "identity": label, "size": size, "index": index}
+        item = {"image": to_tensor(image), "identity": label, "size": size, "index": index}
+        if self.pose is not None:
+            item["yaw"] = torch.tensor(self.pose[index, 0])
+        return item
 
 
 class VerificationPairs(Dataset):

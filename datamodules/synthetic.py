@@ -66,7 +66,10 @@ Datasets written (``root/<name>/``; counts per :data:`SCALES`)
   ``service_test`` marks a race × gender balanced subset within each age group.
 * ``ms1m/``: ``train.rec`` / ``train.idx`` / ``property`` (InsightFace RecordIO, 112×112 ArcFace-aligned) and
   ``lfw.bin``, ``cfp_fp.bin`` (frontal vs strongly turned), ``agedb_30.bin`` (same person ~30 years apart), each
-  with its own people, disjoint from the training ids, 10 folds of half same / half different pairs.
+  with its own people, disjoint from the training ids, 10 folds of half same / half different pairs; and
+  ``train_pose.tsv``, the rendered head pose of every training record (ground truth only a synthetic world has:
+  ``index`` = 0-based image record in write order, ``yaw`` / ``pitch`` / ``roll`` in radians before the alignment,
+  which undoes most of the roll), read by :class:`datamodules.ms1m.MS1MDataset` for URL's pose variation.
 * ``qmul_survface/``: ``training_set/<pid>/<pid>_camX_Y.jpg``, verification images and pair ``.mat`` files,
   identification gallery / mated / unmated probes (with ``distractors_<N>.jpg``) and their ``.mat`` files,
   ``readme.txt``; 10-40 px, dark, low-contrast, blurred, noisy, heavily compressed, per-camera colour casts.
@@ -120,7 +123,7 @@ __all__ = [
     "world_is_complete",
 ]
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: ms1m/train_pose.tsv
 DATASETS = ("celeba", "fairface", "ms1m", "qmul_survface")
 MARKER = ".lrface_synthetic"  # inside every dataset folder we write: only such folders are ever replaced
 
@@ -388,6 +391,7 @@ def _write_fairface(out: Path, sc: Scale, seed: int, ranges, renderer: _Renderer
 def _write_ms1m(out: Path, sc: Scale, seed: int, ranges, renderer: _Renderer) -> dict:
     from datamodules.formats.recordio import write_insightface_rec
     from datamodules.formats.verification_bin import write_bin
+    from datamodules.ms1m import POSE_HEADER, POSE_SIDECAR
 
     lo, hi = ranges["ms1m"]
     people = sample_identities(hi - lo, seed, start=lo, race_probs=_MS1M_RACE, age_probs=_CELEB_AGE, male_prob=0.55)
@@ -400,6 +404,9 @@ def _write_ms1m(out: Path, sc: Scale, seed: int, ranges, renderer: _Renderer) ->
             labels.append(label)
     samples = ((labels[t], data) for t, (data, _) in enumerate(renderer.map(_render_task, tasks)))
     rec = write_insightface_rec(out, samples, num_classes=len(people), image_size=(112, 112), meta=True)
+    # ground-truth head pose of every training image (synthetic only; URL's pose variation, datamodules.variations)
+    atomic_write_text(out / POSE_SIDECAR, POSE_HEADER + "\n" + "".join(
+        f"{t}\t{task.image.yaw:.9g}\t{task.image.pitch:.9g}\t{task.image.roll:.9g}\n" for t, task in enumerate(tasks)))
     result = {"images": rec["num_images"], "identities": len(people)}
     for name, stream in (("lfw", _S_LFW), ("cfp_fp", _S_CFP), ("agedb_30", _S_AGEDB)):
         lo, hi = ranges[name]
