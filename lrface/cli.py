@@ -85,8 +85,12 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _backbone(args: argparse.Namespace):
-    from lrface.weights import load_backbone
+    from lrface.weights import load_backbone, load_feature_extractor
 
+    if args.backbone is None and args.weights and str(args.weights).endswith(".ckpt"):
+        # one of our runs: the architecture (an IResNet, a timm trunk, a URLNet with its confidences) is in its config
+        return load_feature_extractor(args.weights).F.backbone
+    args.backbone = args.backbone or "r50"
     kwargs = {"num_features": args.num_features}
     if args.widths:
         kwargs["widths"] = args.widths
@@ -190,7 +194,8 @@ def _add_upscale_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="r50", help="r18 | r34 | r50 | r100 | r200 (iresnet50 also accepted)")
+    p.add_argument("--backbone", default=None, help="r18 | r34 | r50 | r100 | r200 (iresnet50 also accepted); default: "
+                   "the run's own architecture for our .ckpt files, else r50")
     p.add_argument("--weights", default=None, help="backbone.pth / model.pt / a Lightning .ckpt of ours")
     p.add_argument("--num-features", type=int, default=512)
     p.add_argument("--widths", type=int, nargs=4, default=None, help="stage widths if not the official ones")

@@ -13,6 +13,7 @@ from torch import nn
 
 from lrface.losses.margin import ArcFace, CombinedMarginHead, CosFace, CurricularFace
 from lrface.losses.partial_fc import PartialFC, exclude_from_ddp, shard_range
+from lrface.losses.url import ConfidenceAwareHead
 
 D, C, B, W = 16, 11, 6, 2
 # Global batch of W·B rows: classes on both shards of an 11-class split (rank 0: 0–5, rank 1: 6–10) and two ignored.
@@ -48,6 +49,45 @@ def _full_fc(kind: str, emb: torch.Tensor, weight: torch.Tensor, labels: torch.T
     loss = F.cross_entropy(head(e, labels), labels, ignore_index=-1)
     loss.backward()
     return loss.detach(), e.grad, head.weight.grad, head
+
+
+def _url_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """URL (K = 4 sub-embeddings of D = 16): embeddings, confidences in [5, 25], prototypes."""
+    emb, weight = _data(seed=4)
+    conf = 5 + 20 * torch.rand(W * B, 4, generator=torch.Generator().manual_seed(5))
+    return emb, conf, weight
+
+
+def _url_head(weight: torch.Tensor) -> ConfidenceAwareHead:
+    head = ConfidenceAwareHead(D, weight.shape[0], num_sub_embeddings=4, m=3.0)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return head
+
+
+def _url_full_fc(emb, conf, weight, labels):
+    head = _url_head(weight)
+    e, c = emb.clone().requires_grad_(), conf.clone().requires_grad_()
+    loss = F.cross_entropy(head(e, c, labels), labels, ignore_index=-1)
+    loss.backward()
+    return loss.detach(), e.grad, c.grad, head.weight.grad
+
+
+def test_single_process_url_head_equals_full_fc() -> None:
+    emb, conf, weight = _url_data()
+    ref_loss, ref_e, ref_c, ref_w = _url_full_fc(emb, conf, weight, LABELS)
+    pfc = PartialFC(_url_head(weight), D, C)
+    e, c = emb.clone().requires_grad_(), conf.clone().requires_grad_()
+    loss = pfc(e, LABELS, confidences=c)
+    loss.backward()
+    assert loss.item() > 1.0
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for got, ref in ((e.grad, ref_e), (c.grad, ref_c), (pfc.weight.grad, ref_w)):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="ConfidenceAwareHead"):
+        pfc(e, LABELS)
+    with pytest.raises(ValueError, match="ConfidenceAwareHead"):
+        PartialFC(ArcFace(D, C), D, C)(e, LABELS, confidences=c)
 
 
 def _nonzero_rows(grad: torch.Tensor) -> torch.Tensor:
@@ -244,6 +284,14 @@ def _worker(rank: int, tmp: str) -> None:
         out["sampled"] = {"loss": loss.detach(), "emb_grad": e.grad, "w_grad": pfc.weight.grad,
                           "start": pfc.class_start, "num_sample": pfc.num_sample}
 
+        u_emb, u_conf, u_weight = _url_data()
+        pfc = PartialFC(_url_head(u_weight), D, C)
+        e, c = u_emb[rows].clone().requires_grad_(), u_conf[rows].clone().requires_grad_()
+        loss = pfc(e, LABELS[rows], confidences=c)
+        loss.backward()
+        out["url"] = {"loss": loss.detach(), "emb_grad": e.grad, "conf_grad": c.grad, "w_grad": pfc.weight.grad,
+                      "start": pfc.class_start, "n": pfc.num_local}
+
         ckpt = PartialFC(_head("arcface", weight), D, C, checkpoint_layout="full").state_dict()
         restored = PartialFC(ArcFace(D, 1), D, C)
         restored.load_state_dict(ckpt)
@@ -267,6 +315,14 @@ def test_two_process_gloo_equals_full_fc(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path),), nprocs=W, join=True)
     res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(W)]
     emb, weight = _data()
+
+    ref_loss, ref_e, ref_c, ref_w = _url_full_fc(*_url_data(), LABELS)
+    for rank, r in enumerate(res):  # URL: confidences gathered with the embeddings, prototypes sharded
+        got = r["url"]
+        torch.testing.assert_close(got["loss"], ref_loss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["w_grad"], ref_w[got["start"]:got["start"] + got["n"]], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got["emb_grad"], W * ref_e[rank * B:(rank + 1) * B], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got["conf_grad"], W * ref_c[rank * B:(rank + 1) * B], rtol=1e-4, atol=1e-6)
 
     for kind in ("arcface", "curricular"):
         ref_loss, ref_emb_grad, ref_w_grad, ref_head = _full_fc(kind, emb, weight, LABELS)

@@ -3,6 +3,7 @@ variations and their decorrelation loss raises verification accuracy on pairs sh
 and the confidence branch learns to trust degraded faces less."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from callbacks.evaluation import evaluate_bin
 from datamodules.synthetic import generate_world
 from lightning_modules.runner import run
+from lrface.cli import main
 from lrface.config import compose, instantiate
 from lrface.weights import load_feature_extractor
 from tests.conftest import smoke_overrides
@@ -45,4 +47,10 @@ def test_url_short_training_raises_low_resolution_accuracy(tmp_path: Path) -> No
     low = np.mean([r["train/confidence_low_resolution"] for r in late])
     clean = np.mean([r["train/confidence_low_resolution_absent"] for r in late])
     assert low < 0.95 * clean, (low, clean)
+    # `lrface evaluate` reads the architecture of our run from its config: the URL scores come with it
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--weights", str(run_dir / "checkpoints" / "last.ckpt"), "--bin",
+                 str(world / "ms1m" / "lfw.bin"), "--out", str(out)]) == 0
+    lfw = json.loads(out.read_text())["lfw"]
+    assert {"accuracy", "url/accuracy", "confidence/mean_s"} <= set(lfw), lfw
     assert rows[0]["train/confidence"] == 32.0 and late[-1]["train/L_cls"] > 0 and np.isfinite(late[-1]["train/L_adv"])

@@ -1,4 +1,5 @@
-"""Margin softmax heads for face recognition: ArcFace, CosFace (insightface ``CombinedMarginLoss``) and CurricularFace.
+"""Margin softmax heads for face recognition: ArcFace, CosFace (insightface ``CombinedMarginLoss``), CurricularFace and
+AdaFace.
 
 Each head holds the class centres ``weight`` (C×D, the nn.Linear / Partial FC layout) and maps embeddings and labels
 to scaled logits for plain cross-entropy::
@@ -19,6 +20,8 @@ Papers:
     Combined: ArcFace paper Eq. 4, s·(cos(m1·θ_y + m2) − m3); only the ArcFace and CosFace branches exist.
     CurricularFace: Huang et al., "CurricularFace: Adaptive Curriculum Learning Loss for Deep Face Recognition",
         CVPR 2020, Eq. 7–10.
+    AdaFace: Kim, Jain and Liu, "AdaFace: Quality Adaptive Margin for Face Recognition", CVPR 2022: angular and
+        additive margins scaled by the batch-normalised feature norm (official ``head.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MarginHead", "CombinedMarginHead", "ArcFace", "CosFace", "CurricularFace"]
+__all__ = ["MarginHead", "CombinedMarginHead", "ArcFace", "CosFace", "CurricularFace", "AdaFace"]
 
 #: Keeps sqrt(1 − cos²) differentiable at |cos| = 1 (the analytic margin's known NaN source); changes sin θ by at
 #: most 1e-6.
@@ -39,6 +42,14 @@ _SIN_EPS = 1e-12
 
 def _arange_like(n: int, ref: torch.Tensor) -> torch.Tensor:
     return torch.arange(n, device=ref.device)
+
+
+def _kernel_to_weight(state_dict: dict, prefix: str) -> None:
+    """Accept the official CurricularFace / AdaFace ``kernel`` (D×C, a class centre per column) as our ``weight``
+    (C×D), in place, unless the state_dict already holds a ``weight``."""
+    kernel = prefix + "kernel"
+    if kernel in state_dict and prefix + "weight" not in state_dict:
+        state_dict[prefix + "weight"] = state_dict.pop(kernel).t()
 
 
 class MarginHead(nn.Module):
@@ -282,9 +293,7 @@ class CurricularFace(MarginHead):
         return f"{super().extra_repr()}, m={self.m}, t_alpha={self.t_alpha}"
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
-        kernel = prefix + "kernel"
-        if kernel in state_dict and prefix + "weight" not in state_dict:
-            state_dict[prefix + "weight"] = state_dict.pop(kernel).t()
+        _kernel_to_weight(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
 
     @torch.no_grad()
@@ -313,3 +322,168 @@ class CurricularFace(MarginHead):
         rows = rows.index_put((_arange_like(len(pos), rows), cols), final.squeeze(1))
         logits = cos.index_put((pos,), rows)
         return logits * self.s
+
+
+class AdaFace(MarginHead):
+    """AdaFace head (official ``head.py`` semantics): the margin adapts to image quality through the feature norm.
+
+    For a row with raw embedding f, label y and cosines c_j (all clamped to ±(1 − eps)):
+
+    * ‖f‖ is computed in fp32, clipped to [0.001, 100] and detached (no gradient flows through the norm);
+    * the EMA statistics move first (training mode): μ ← α·mean(‖f‖) + (1 − α)·μ, σ ← α·std(‖f‖) + (1 − α)·σ, with
+      the unbiased batch std (``torch.std``); μ starts at 20, σ at 100;
+    * then, with those updated statistics, the margin scaler is ẑ = clip((‖f‖ − μ)/(σ + eps)·h, −1, 1);
+    * logit at y: s·(cos(clip(θ_y − m·ẑ, eps, π − eps)) − (m + m·ẑ)), i.e. g_angle = −m·ẑ on the angle and
+      g_add = m + m·ẑ on the cosine; logits at j ≠ y: s·c_j.
+
+    The official code routes every entry through arccos / θ clip / cos; for j ≠ y nothing is added to θ and
+    θ_j ∈ [arccos(1 − eps), π − arccos(1 − eps)] lies inside [eps, π − eps], so the clip never acts there and those
+    logits equal s·c_j up to rounding: only the target column goes through arccos here (cheaper for large C).
+
+    Defaults are the published recipe (README, ``scripts/run_ir50_ms1mv2.sh``): m = 0.4, h = 0.333, s = 64 and
+    t_alpha = 0.01. The official class defaults to t_alpha = 1.0 (no averaging) and ``config.py`` to m = 0.5, h = 0.0
+    (a constant CosFace + ArcFace margin): do not copy those.
+
+    Deliberate differences from the official code:
+
+    * The statistics move only in training mode (official: on every call, validation included); set
+      ``update_stats_in_eval=True`` for the official behaviour (as CurricularFace's ``update_t_in_eval``).
+    * With ``sync_stats=True`` under an initialised ``torch.distributed``, the batch mean and std are those of the
+      global batch (all-reduce of the count, Σ‖f‖ and Σ‖f‖² in fp64), so every rank holds the same μ, σ. The official
+      head keeps per-rank statistics of its own B/W rows, which DDP's buffer broadcast then overwrites with rank 0's
+      at every forward: effectively rank 0's local statistics. ``sync_stats=False`` gives the local behaviour. Every
+      rank must then call the head in training mode the same number of times.
+    * Rows labelled -1 get no margin (s·c_j) and, in :meth:`forward`, do not enter the statistics (the official head
+      has no -1 handling). In :meth:`margin` (Partial FC) -1 means "class on another shard": every row given counts.
+    * A batch of a single row (std undefined; the official head would write NaN into σ for good) updates μ and
+      leaves σ unchanged; a batch with no row leaves both unchanged.
+
+    Args:
+        in_features: embedding size D.
+        out_features: number of classes C.
+        s: scale (64).
+        m: margin (0.4).
+        h: concentration of the norm scaler, (‖f‖ − μ)/σ·h (0.333: ±1σ maps to ±0.333).
+        t_alpha: EMA weight α of the new batch statistics (0.01).
+        eps: cosine clamp, θ clip and σ offset (1e-3, as the official code).
+        sync_stats: global-batch statistics under ``torch.distributed`` (see above).
+        update_stats_in_eval: also update μ, σ when ``self.training`` is False.
+
+    Attributes:
+        weight: C×D class centres. The official ``kernel`` (D×C) is accepted by ``load_state_dict`` and transposed.
+        batch_mean, batch_std: 1-element fp32 buffers (μ, σ).
+        t: 1-element buffer, unused; kept because the official head registers it (state_dict key compatibility).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        s: float = 64.0,
+        m: float = 0.4,
+        h: float = 0.333,
+        t_alpha: float = 0.01,
+        eps: float = 1e-3,
+        sync_stats: bool = True,
+        update_stats_in_eval: bool = False,
+    ) -> None:
+        super().__init__(in_features, out_features, s)
+        self.m = float(m)
+        self.h = float(h)
+        self.t_alpha = float(t_alpha)
+        self.eps = float(eps)
+        self.sync_stats = sync_stats
+        self.update_stats_in_eval = update_stats_in_eval
+        self.register_buffer("t", torch.zeros(1))
+        self.register_buffer("batch_mean", torch.full((1,), 20.0))
+        self.register_buffer("batch_std", torch.full((1,), 100.0))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m={self.m}, h={self.h}, t_alpha={self.t_alpha}, eps={self.eps}"
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        _kernel_to_weight(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
+
+    @staticmethod
+    def feature_norms(embeddings: torch.Tensor) -> torch.Tensor:
+        """‖f‖ of B×D raw embeddings: B fp32, detached (the margin never back-propagates into the norm)."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return embeddings.detach().float().norm(dim=1)
+
+    @torch.no_grad()
+    def _batch_stats(self, norms: torch.Tensor, sync: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Mean and unbiased std of the (clipped) norms of this batch, or of the global batch when synced."""
+        if sync and dist.is_available() and dist.is_initialized():
+            x = norms.double()
+            stats = torch.stack([x.new_tensor(float(x.numel())), x.sum(), (x * x).sum()])
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            n, total, squares = stats.tolist()
+            if n < 1:
+                return None, None
+            mean = total / n
+            if n < 2:
+                return norms.new_tensor(mean), None
+            return norms.new_tensor(mean), norms.new_tensor(math.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1)))
+        if norms.numel() == 0:
+            return None, None
+        return norms.mean(), (norms.std() if norms.numel() > 1 else None)
+
+    @torch.no_grad()
+    def _update_stats(self, norms: torch.Tensor, sync: bool) -> None:
+        mean, std = self._batch_stats(norms, sync)
+        if mean is not None:
+            self.batch_mean.mul_(1.0 - self.t_alpha).add_(self.t_alpha * mean.to(self.batch_mean.dtype))
+        if std is not None:
+            self.batch_std.mul_(1.0 - self.t_alpha).add_(self.t_alpha * std.to(self.batch_std.dtype))
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scaled AdaFace logits.
+
+        Args:
+            embeddings: B×D raw embeddings (normalised here; their norms drive the margin).
+            labels: B int64 class indices in [0, C), or -1 for rows without a class (no margin, not in the stats).
+
+        Returns:
+            B×C fp32 logits for cross-entropy.
+        """
+        labels = labels.reshape(-1).long()
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.margin(self.cosine(embeddings), labels, self.feature_norms(embeddings),
+                               stats_rows=labels != -1)
+
+    def margin(
+        self,
+        cos: torch.Tensor,
+        labels: torch.Tensor,
+        norms: torch.Tensor,
+        sync_stats: bool | None = None,
+        stats_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Apply the adaptive margin to precomputed cosines and scale (Partial FC calls this).
+
+        Args:
+            cos: B×C fp32 cosines.
+            labels: B int64 column of the true class, or -1 for no margin.
+            norms: B feature norms ‖f‖ of the same rows (detached and clipped here).
+            sync_stats: all-reduce the statistics over ranks; None → ``self.sync_stats``. Pass False when the rows
+                are already the global batch (Partial FC gathers them).
+            stats_rows: B bool mask of the rows whose norms enter the statistics; None → all rows.
+
+        Returns:
+            B×C fp32 logits.
+        """
+        labels = labels.reshape(-1).long()
+        safe_norms = norms.detach().float().reshape(-1).clamp(0.001, 100.0)
+        if self.training or self.update_stats_in_eval:
+            sync = self.sync_stats if sync_stats is None else sync_stats
+            self._update_stats(safe_norms if stats_rows is None else safe_norms[stats_rows], sync)
+        cos = cos.float().clamp(-1.0 + self.eps, 1.0 - self.eps)
+        pos = torch.where(labels != -1)[0]
+        cols = labels[pos]
+        mean, std = self.batch_mean.float(), self.batch_std.float()
+        scaler = ((safe_norms[pos] - mean) / (std + self.eps) * self.h).clamp(-1.0, 1.0)
+        theta = torch.acos(cos[pos, cols])
+        theta_m = (theta - self.m * scaler).clamp(self.eps, math.pi - self.eps)
+        final = torch.cos(theta_m) - (self.m + self.m * scaler)
+        return cos.index_put((pos, cols), final) * self.s

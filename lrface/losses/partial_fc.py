@@ -27,6 +27,8 @@ Differences from the official code (deliberate):
 * Logits and margins always run in fp32 with autocast disabled (``train_v2.py`` passes ``fp16=False`` too).
 * CurricularFace is supported sharded: its hard-negative mask needs the target cosine cos θ_y of every row on every
   shard, so that cosine is all-reduced (``reference/face_recognition.md`` §3.3).
+* AdaFace gets the feature norms of the gathered global batch (ignored rows dropped): every rank computes the same
+  batch statistics from the same rows, so they are not all-reduced again.
 
 DDP: ``weight`` is sharded, so it must NOT be averaged by DistributedDataParallel: each rank updates its own shard
 with its own gradient. Call :func:`exclude_from_ddp` on the root module (e.g. the LightningModule, in ``__init__`` or
@@ -49,7 +51,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lrface.losses.margin import CurricularFace, MarginHead
+from lrface.losses.margin import AdaFace, CurricularFace, MarginHead
+from lrface.losses.url import ConfidenceAwareHead
 
 __all__ = ["PartialFC", "exclude_from_ddp", "shard_range"]
 
@@ -142,8 +145,9 @@ class PartialFC(nn.Module):
 
     Args:
         margin: a :class:`~lrface.losses.margin.MarginHead` (``ArcFace``, ``CosFace``, ``CombinedMarginHead``,
-            ``CurricularFace``), of which only ``margin(cos, labels)`` and its hyper-parameters are used, or any
-            callable ``(cos N×c fp32, labels N int64, -1 = not on this shard) → N×c scaled logits``. The head's own
+            ``CurricularFace``, ``AdaFace``), of which only ``margin(cos, labels)`` (AdaFace: also the norms) and its
+            hyper-parameters are used, or any callable ``(cos N×c fp32, labels N int64, -1 = not on this shard) →
+            N×c scaled logits``. The head's own
             ``weight`` is never used; if its shape is [num_classes, D] this shard's rows are copied from it (so a
             full-FC head and its Partial FC start identical), otherwise build it with ``out_features=1`` to avoid
             allocating an unused C×D matrix. The head is held by reference, not as a submodule, so the state_dict
@@ -294,13 +298,17 @@ class PartialFC(nn.Module):
         logits = logits.index_put((local, cols), final)
         return logits * head.s
 
-    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
+                confidences: torch.Tensor | None = None) -> torch.Tensor:
         """Margin softmax loss of the global batch.
 
         Args:
             local_embeddings: B×D raw embeddings of this rank (any float dtype; normalised here in fp32).
             local_labels: B (or B×1) int class indices in [0, C), or -1 to ignore the row. B may differ between
                 ranks and steps (the official code needs ``drop_last=True``; here short batches are padded).
+            confidences: B×K URL confidences s^(k) when the margin head is a
+                :class:`~lrface.losses.url.ConfidenceAwareHead` (gathered with the embeddings, gradient included),
+                else None.
 
         Returns:
             Scalar fp32 loss: mean cross-entropy over the non-ignored rows of all ranks (identical on every rank);
@@ -312,8 +320,13 @@ class PartialFC(nn.Module):
             raise ValueError(f"expected B×{self.embedding_size} embeddings; got {tuple(local_embeddings.shape)}")
         if labels.numel() != local_embeddings.shape[0]:
             raise ValueError(f"{labels.numel()} labels for {local_embeddings.shape[0]} embeddings")
+        url = isinstance(self.margin_softmax, ConfidenceAwareHead)
+        if url != (confidences is not None):
+            raise ValueError("confidences are given exactly when the margin head is a ConfidenceAwareHead (URL)")
         with torch.autocast(local_embeddings.device.type, enabled=False):
             emb = local_embeddings.float()
+            if url:  # one all-gather for both: the confidences ride along as extra columns
+                emb = torch.cat([emb, confidences.float()], dim=1)
             if distributed:
                 emb, labels = self._gather(emb, labels)
             # Checked on the gathered labels so that every rank raises together instead of leaving the others
@@ -331,14 +344,21 @@ class PartialFC(nn.Module):
             on_shard = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
             labels = torch.where(on_shard, labels - self.class_start, torch.full_like(labels, -1))
 
+            if url:
+                emb, conf = emb[:, : self.embedding_size], emb[:, self.embedding_size:]
             if self.sample_rate < 1.0:
                 weight, labels = self._sample(labels)
             else:
                 weight = self.weight
+            if url:
+                logits = self.margin_softmax.logits(emb, conf, labels, weight=weight)
+                return _DistCrossEntropy.apply(logits.float(), labels, distributed)
             cos = F.linear(F.normalize(emb, dim=1), F.normalize(weight.float(), dim=1)).clamp(-1.0, 1.0)
             head = self.margin_softmax
             if isinstance(head, CurricularFace):
                 logits = self._curricular_margin(head, cos, labels, distributed)
+            elif isinstance(head, AdaFace):
+                logits = head.margin(cos, labels, head.feature_norms(emb), sync_stats=False)
             elif isinstance(head, MarginHead):
                 logits = head.margin(cos, labels)
             else:
