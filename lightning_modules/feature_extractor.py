@@ -214,6 +214,19 @@ class FeatureExtractorModule(FrozenNets, pl.LightningModule):
                                     sample_rate=self.partial_fc_sample_rate, checkpoint_layout="full")
         exclude_from_ddp(self)  # each rank updates its own shard; DDP must not average it
 
+    def _check_variation_sources(self) -> None:
+        """Every variation of the decorrelation loss must have a labeller, known before the first step."""
+        if self.decorrelation is None:
+            return
+        augment = set(getattr(self.variation_augment, "names", ()))
+        labeler = self._nets.get("labeler")
+        theta_a = set(labeler.names) if labeler is not None else set()
+        missing = [v for v in self.decorrelation.variations if v not in augment | theta_a]
+        if missing:
+            raise ValueError(f"module.variations {missing} have no labels: module.variation_augment provides "
+                             f"{sorted(augment)} and module.variation_labeler (θ_A, "
+                             f"{self.variation_labeler_path or 'not set'}) {sorted(theta_a)}")
+
     def _check_head(self, head: nn.Module) -> None:
         if self.url != isinstance(head, ConfidenceAwareHead):
             raise ValueError("a URL backbone (URLNet) trains with lrface.losses.url.ConfidenceAwareHead and a plain "
@@ -230,6 +243,8 @@ class FeatureExtractorModule(FrozenNets, pl.LightningModule):
             from lrface.variation_labeler import load_variation_labeler
 
             self._nets["labeler"] = load_variation_labeler(self.variation_labeler_path).to(self.device)
+        if stage == "fit":
+            self._check_variation_sources()
         dm = self._trainer.datamodule if self._trainer is not None else None
         if self.head is None and self.partial_fc is None:
             num_classes = self._pending_classes

@@ -182,3 +182,17 @@ def test_confidence_aware_loss_learns_and_confidence_tracks_quality():
     assert hit[:n].float().mean() > 0.95
     log_s = s.log().mean(1)
     assert log_s[:n].mean() > log_s[n:].mean() + 0.25, (log_s[:n].mean(), log_s[n:].mean())
+
+
+def test_variations_without_a_labeller_fail_before_training():
+    from datamodules.variations import VariationAugment
+    from lightning_modules.feature_extractor import FeatureExtractorModule
+
+    net = URLNet(get_model("r18", widths=[8, 8, 16, 16], num_features=32), num_sub_embeddings=4)
+    module = FeatureExtractorModule(net, ConfidenceAwareHead, torch.optim.SGD, num_classes=3,
+                                    variations=("low_resolution", "gender"),
+                                    variation_augment=VariationAugment(low_resolution={"p": 0.5}))
+    with pytest.raises(ValueError, match=r"\['gender'\] have no labels.*\['low_resolution'\]"):
+        module._check_variation_sources()
+    module.decorrelation = VariationDecorrelation(4, 8, ("low_resolution",))
+    module._check_variation_sources()
