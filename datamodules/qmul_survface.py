@@ -377,6 +377,13 @@ class SurvFaceDataModule(FaceDataModule):
         if stage in (None, "test") and self.test_set is None:
             self.test_set = SurvFaceIdentification(self.root, **kw)
 
+    @property
+    def num_classes(self) -> int | None:
+        """Training identities (5,319 in the release), known after ``setup("fit")``."""
+        return None if self.train_set is None else self.train_set.num_identities
+
+    val_set_names = ("survface",)
+
     def native_sizes(self, part: str = "train") -> np.ndarray:
         """N×2 native [H, W] of ``"train"`` or an identification part (``"gallery"``, ``"mated_probe"``,
         ``"unmated_probe"``)."""

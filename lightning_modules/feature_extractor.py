@@ -75,6 +75,17 @@ def _find_member(datamodule, attribute: str):
     return None
 
 
+def gather_unique(module: pl.LightningModule, outputs: list[tuple[torch.Tensor, ...]]) -> list[np.ndarray]:
+    """Concatenate one validation loader's step outputs ``(index, *tensors)`` over the steps and ranks, each dataset
+    index once (in index order)."""
+    index, *rest = (torch.cat(parts) for parts in zip(*outputs))
+    # DistributedSampler pads the last batch with repeats: gather every rank's items and keep each index once.
+    index, *rest = (module.all_gather(t).flatten(0, 1) if module.trainer.world_size > 1 else t
+                    for t in (index, *rest))
+    order = np.unique(index.cpu().numpy(), return_index=True)[1]
+    return [t[order].float().cpu().numpy() if t.is_floating_point() else t[order].cpu().numpy() for t in rest]
+
+
 class FeatureExtractorModule(FrozenNets, pl.LightningModule):
     """Args:
         backbone: the embedding network (e.g. ``lrface.nets.iresnet.iresnet50``), B×3×112×112 in [-1, 1] → B×D.
@@ -480,13 +491,7 @@ class FeatureExtractorModule(FrozenNets, pl.LightningModule):
                 (batch["index"].long(), logits, batch["attributes"].float()))
 
     def _gathered(self, outputs: list[tuple[torch.Tensor, ...]]) -> list[np.ndarray]:
-        """Concatenate one loader's step outputs over the steps and ranks, each dataset index once."""
-        index, *rest = (torch.cat(parts) for parts in zip(*outputs))
-        # DistributedSampler pads the last batch with repeats: gather every rank's items and keep each index once.
-        index, *rest = (self.all_gather(t).flatten(0, 1) if self.trainer.world_size > 1 else t
-                        for t in (index, *rest))
-        order = np.unique(index.cpu().numpy(), return_index=True)[1]
-        return [t[order].float().cpu().numpy() if t.is_floating_point() else t[order].cpu().numpy() for t in rest]
+        return gather_unique(self, outputs)
 
     def on_validation_epoch_end(self) -> None:
         names = list(getattr(self.trainer.datamodule, "val_set_names", [])) if self.trainer.datamodule else []

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -98,6 +99,50 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs)
     if weights is not None:
         model.load_state_dict(backbone_state_dict(weights), strict=True)
     return model.eval()
+
+
+def load_classifier_shards(paths: Sequence[str | os.PathLike]) -> torch.Tensor:
+    """The C×D class centres of a Partial FC run saved one shard per rank (arcface_torch ``softmax_fc_gpu_{rank}.pt``:
+    a tensor or ``{"weight": n_r×D}``), concatenated in the given (rank) order — ranks hold contiguous class ranges."""
+    shards = []
+    for p in paths:
+        obj = load_weights_file(Path(p))
+        weight = obj.get("weight") if isinstance(obj, dict) else obj
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ValueError(f"{p}: expected a classifier shard (an n×D tensor or {{'weight': n×D}}), got "
+                             f"{type(weight).__name__}")
+        shards.append(weight.float())
+    if len({w.shape[1] for w in shards}) != 1:
+        raise ValueError(f"classifier shards disagree on D: {[tuple(w.shape) for w in shards]} ({list(paths)})")
+    return torch.cat(shards)
+
+
+def load_recognition_trunk(path: str | os.PathLike,
+                           classifier: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+                           ) -> tuple[dict, torch.Tensor | None]:
+    """A trained recognition network and its classifier: BTNet's TNet and κ* (seed 004 Eq. 1).
+
+    Args:
+        path: our ``FeatureExtractorModule`` ``.ckpt`` (``backbone.*``; κ* = ``head.weight`` or the gathered
+            ``partial_fc.weight``, C×D) or an insightface / BTNet ``backbone.pth`` / ``model.pt``.
+        classifier: κ* from elsewhere: one file or the per-rank ``softmax_fc_gpu_{rank}.pt`` shards in rank order
+            (:func:`load_classifier_shards`). Overrides the checkpoint's own head.
+
+    Returns:
+        (IResNet state dict, C×D fp32 class centres or None when neither source has them).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such trunk checkpoint")
+    obj = load_weights_file(path)
+    weights = _backbone_weights(obj, path)
+    kappa = None
+    if classifier is not None:
+        kappa = load_classifier_shards([classifier] if isinstance(classifier, (str, os.PathLike)) else classifier)
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state = obj["state_dict"]
+        kappa = next((state[k].float() for k in ("head.weight", "partial_fc.weight") if k in state), None)
+    return weights, kappa
 
 
 class FeatureNets(NamedTuple):

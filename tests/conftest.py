@@ -27,6 +27,8 @@ def tiny_world(tmp_path_factory) -> Path:
     world = ensure_world(root, scale="tiny", seed=0)
     write_tiny_stylegan2(Path(world) / TINY_GENERATOR)
     write_tiny_feature_extractor(Path(world) / TINY_FEATURES)
+    write_tiny_trunk(Path(world) / TINY_TRUNK, Path(world) / "ms1m" / "property")
+    write_tiny_trunk(Path(world) / TINY_SURVFACE_TRUNK, Path(world) / "qmul_survface" / "training_set")
     for task, rel in TINY_JUDGES.items():
         write_tiny_judge(Path(world) / rel, task)
     return world
@@ -100,6 +102,33 @@ def write_tiny_feature_extractor(path: Path, seed: int = 0) -> Path:
     torch.save({"state_dict": state}, path)
     backbone = {"_target_": "lrface.nets.iresnet.get_model", **TINY_BACKBONE}
     atomic_write_text(path.parent.parent / "config.yaml", OmegaConf.to_yaml({"module": {"backbone": backbone}}))
+    return path
+
+
+# A random tiny BTNet trunk at 112 px (TNet) with a CurricularFace head over the tiny world's MS1M identities, as a
+# FeatureExtractorModule checkpoint: the BTNet branch experiments' `smoke` points `module.trunk` at it.
+TINY_TRUNK = "weights/btnet_trunk_tiny/checkpoints/last.ckpt"
+TINY_SURVFACE_TRUNK = "weights/btnet_trunk_survface_tiny/checkpoints/last.ckpt"
+
+
+def write_tiny_trunk(path: Path, classes_from: Path, seed: int = 0) -> Path:
+    """``classes_from``: an MS1M ``property`` file or a SurvFace ``training_set`` folder (one per identity)."""
+    import torch
+
+    from lrface.nets.iresnet import get_model
+
+    if classes_from.is_dir():
+        num_classes = sum(1 for p in classes_from.iterdir() if p.is_dir())
+    else:
+        num_classes = int(classes_from.read_text().split(",")[0])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = get_model("r18", widths=(8, 8, 16, 16), num_features=32)
+        head = torch.nn.functional.normalize(torch.randn(num_classes, 32), dim=1)
+    state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    state["head.weight"] = head
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state}, path)
     return path
 
 
