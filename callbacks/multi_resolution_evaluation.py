@@ -366,8 +366,14 @@ class MultiResolutionEvaluation(pl.Callback):
         return results
 
     def extra_results(self, model: nn.Module) -> dict[str, dict[str, float]]:
-        """More {set: {metric: value}} entries for evaluation.json (the FLOPs table goes here); none by default."""
-        return {}
+        """BTNet's compute and storage (Fig. 4–5, :mod:`lrface.btnet_cost`): ``cost@<r>px`` with the GFLOPs of φ_hr
+        and φ_bt on an r×r input and the millions of parameters stored for branch r; nothing for a plain model."""
+        if not is_btnet(model):
+            return {}
+        from lrface.btnet_cost import flops_table, parameter_table
+
+        params = parameter_table(model)
+        return {f"cost@{r}px": {**row, **params.get(r, {})} for r, row in flops_table(model).items()}
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.interrupted:
