@@ -49,3 +49,24 @@ def test_real_entry_point_under_ddp_with_partial_fc(tiny_world: Path, tmp_path: 
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     num_classes = MS1MDataset(tiny_world / "ms1m").num_classes
     assert state["partial_fc.weight"].shape == (num_classes, 32)
+
+
+def test_btnet_branches_ddp_spawn_bf16(tiny_world: Path, tmp_path: Path) -> None:
+    """BTNet's branches under 2-process DDP + bf16-mixed: frozen trunk and κ* outside DDP's gradient sync, the
+    branches and their BNs inside it; the checkpoint's κ* and trunk are TNet's exactly."""
+    from tests.conftest import TINY_TRUNK
+
+    name = "btnet_branches_synthetic"
+    overrides = smoke_overrides(name, tiny_world, tmp_path) + [
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=8",
+        "module.resolutions=[7,14]", "callbacks.evaluation=null",
+        "trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.precision=bf16-mixed"]
+    run(compose(name, overrides))
+    run_dir = only_run_dir(tmp_path, name)
+    assert history(run_dir)[-1]["step"] == 2
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    trunk = torch.load(tiny_world / TINY_TRUNK, map_location="cpu", weights_only=True)["state_dict"]
+    torch.testing.assert_close(state["head.weight"], trunk["head.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(state["btnet.trunk.layer4.1.conv1.weight"], trunk["backbone.layer4.1.conv1.weight"],
+                               rtol=0, atol=0)
+    assert not torch.equal(state["btnet.branches.7.conv1.weight"], trunk["backbone.conv1.weight"])
