@@ -31,22 +31,22 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def flops_table(btnet: BTNet, sizes=None) -> dict[int, dict[str, float]]:
-    """{input side r: {"phi_hr_gflops", "phi_bt_gflops", "ratio"}} for r in the branches and the trunk size."""
+    """{input side r: {"phi_hr_gflops", "phi_bt_gflops", "flops_ratio"}} for r in the branches and the trunk size."""
     sizes = sizes or (*btnet.resolutions, btnet.trunk_size)
     device = next(btnet.parameters()).device
     full = count_flops(btnet.trunk, torch.zeros(1, 3, btnet.trunk_size, btnet.trunk_size, device=device))
     out = {}
     for r in sizes:
         bt = count_flops(btnet, torch.zeros(1, 3, r, r, device=device))
-        out[int(r)] = {"phi_hr_gflops": full / 1e9, "phi_bt_gflops": bt / 1e9, "ratio": bt / full}
+        out[int(r)] = {"phi_hr_gflops": full / 1e9, "phi_bt_gflops": bt / 1e9, "flops_ratio": bt / full}
     return out
 
 
 def parameter_table(btnet: BTNet) -> dict[int, dict[str, float]]:
-    """{branch r: {"full_finetune_m", "phi_bt_m", "ratio"}}: millions of parameters stored for resolution r."""
+    """{branch r: {"full_finetune_m", "phi_bt_m", "stored_ratio"}}: millions of parameters stored for resolution r."""
     full = btnet.stored_parameters(None)
     return {r: {"full_finetune_m": full / 1e6, "phi_bt_m": btnet.stored_parameters(r) / 1e6,
-                "ratio": btnet.stored_parameters(r) / full} for r in btnet.resolutions}
+                "stored_ratio": btnet.stored_parameters(r) / full} for r in btnet.resolutions}
 
 
 def cost_markdown(btnet: BTNet) -> str:
@@ -55,9 +55,10 @@ def cost_markdown(btnet: BTNet) -> str:
              f"{btnet.trunk_size} px; φ_bt runs the branch of that size):", "",
              "| input | φ_hr / φ_mr | φ_bt | φ_bt / φ_hr |", "|---:|---:|---:|---:|"]
     for r, row in flops_table(btnet).items():
-        lines.append(f"| {r}×{r} | {row['phi_hr_gflops']:.3f} | {row['phi_bt_gflops']:.3f} | {row['ratio']:.3f} |")
+        lines.append(f"| {r}×{r} | {row['phi_hr_gflops']:.3f} | {row['phi_bt_gflops']:.3f} "
+                     f"| {row['flops_ratio']:.3f} |")
     lines += ["", f"Parameters stored per resolution (M; share = {btnet.share!r}):", "",
               "| branch | full network per resolution | φ_bt | φ_bt / full |", "|---:|---:|---:|---:|"]
     for r, row in parameter_table(btnet).items():
-        lines.append(f"| {r} | {row['full_finetune_m']:.3f} | {row['phi_bt_m']:.3f} | {row['ratio']:.3f} |")
+        lines.append(f"| {r} | {row['full_finetune_m']:.3f} | {row['phi_bt_m']:.3f} | {row['stored_ratio']:.3f} |")
     return "\n".join(lines) + "\n"

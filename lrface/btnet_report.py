@@ -101,8 +101,12 @@ def btnet_tables(evaluations: Mapping[str, Mapping[str, Mapping[str, float]]], h
     survface = {step: {name[len(prefix):]: {k: _number(v) for k, v in m.items()}
                        for name, m in e.items() if name.startswith(prefix)}
                 for step, e in evaluations.items()}
+    cost = {step: {int(name[len("cost@"):-2]): {k: _number(v) for k, v in m.items()}
+                   for name, m in e.items() if name.startswith("cost@") and name.endswith("px")}
+            for step, e in evaluations.items()}
     return {"pairs": keys, "accuracy": accuracy, "gains": gains, "gain_baselines": gain_baselines,
-            "survface": {step: rules for step, rules in survface.items() if rules}}
+            "survface": {step: rules for step, rules in survface.items() if rules},
+            "cost": {step: rows for step, rows in cost.items() if rows}}
 
 
 def _pct(x: float | None) -> str:
@@ -145,6 +149,16 @@ def _markdown(tables: Mapping[str, Any], hr: str, mr: str, missing: Mapping[str,
                 branches = " · ".join(f"{r}: {100 * v:.0f}%" for r, v in shares if v is not None) or DASH
                 md += (f"| {step} | {rule} | " + " | ".join(_pct(m.get(key)) for _, key in cols)
                        + f" | {branches} |\n")
+    for step, rows in tables.get("cost", {}).items():
+        md += (f"\n## Compute and storage of `{step}` (Fig. 4–5)\n\nGFLOPs per image (torch's flop counter, 2 per "
+               "multiply-add): φ_hr / φ_mr up-sample every input to 112 px; φ_bt runs the branch of the input's "
+               "size. Parameters stored per resolution (M): a full network vs the branch.\n\n"
+               "| input | φ_hr / φ_mr GFLOPs | φ_bt GFLOPs | ratio | full network (M) | φ_bt stored (M) | ratio |\n"
+               "|---:|---:|---:|---:|---:|---:|---:|\n")
+        for r, m in sorted(rows.items()):
+            cells = [m.get(k) for k in ("phi_hr_gflops", "phi_bt_gflops", "flops_ratio", "full_finetune_m",
+                                        "phi_bt_m", "stored_ratio")]
+            md += f"| {r}×{r} | " + " | ".join(DASH if v is None else f"{v:.3f}" for v in cells) + " |\n"
     return md
 
 

@@ -89,7 +89,8 @@ def _losses(module, batch):
 
 def test_branch_training_bct_frozen_trunk_and_distillation(tiny_world):
     module, trainer, before, after = _train_branches(tiny_world)
-    assert after[0] < 0.8 * before["losses"][0], (before["losses"], after)  # the influence loss (through the fixed κ*) is learned
+    # the influence loss through the fixed κ* is learned
+    assert after[0] < 0.8 * before["losses"][0], (before["losses"], after)
     torch.testing.assert_close(module.head.weight, before["kappa"], rtol=0, atol=0)  # BCT: κ* never moves
     for key, value in module.btnet.trunk.state_dict().items():
         torch.testing.assert_close(value, before["trunk"][key], rtol=0, atol=0, msg=key)
@@ -112,7 +113,23 @@ def test_cost_tables():
 
     bt = BTNet(get_model("r18", widths=(8, 8, 16, 16), num_features=16), (7, 14, 28))
     flops = flops_table(bt)
-    assert flops[112]["ratio"] == 1.0
-    assert flops[7]["ratio"] < flops[14]["ratio"] < flops[28]["ratio"] < 1.0
+    assert flops[112]["flops_ratio"] == 1.0
+    assert flops[7]["flops_ratio"] < flops[14]["flops_ratio"] < flops[28]["flops_ratio"] < 1.0
     params = parameter_table(bt)
     assert params[28]["phi_bt_m"] < params[14]["phi_bt_m"] < params[7]["phi_bt_m"] < params[7]["full_finetune_m"]
+
+
+def test_report_prints_the_cost_table(tmp_path):
+    import json
+
+    from lrface.btnet_report import write_btnet_report
+
+    run = tmp_path / "phi_bt"
+    run.mkdir()
+    evaluation = {"average@112&7": {"accuracy": 0.8},
+                  "cost@7px": {"phi_hr_gflops": 12.619, "phi_bt_gflops": 3.034, "flops_ratio": 0.24,
+                               "full_finetune_m": 43.591, "phi_bt_m": 21.307, "stored_ratio": 0.489}}
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    md = write_btnet_report({"phi_bt": run}, tmp_path)
+    assert "| 7×7 | 12.619 | 3.034 | 0.240 | 43.591 | 21.307 | 0.489 |" in md
+    assert json.loads((tmp_path / "btnet_report.json").read_text())["cost"]["phi_bt"]["7"]["phi_bt_gflops"] == 3.034
