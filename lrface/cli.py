@@ -9,6 +9,9 @@
     lrface weights mtcnn [--dest DIR]                    MTCNN weights out of the facenet-pytorch wheel
     lrface embed --backbone r50 --weights W (--images DIR | --bin lfw.bin) --out emb.npy
     lrface evaluate --backbone r50 --weights W [--bin a.bin ...] [--survface ROOT] [--out results.json]
+    lrface evaluate-multires --weights W [--branch 7=model_7.pt ...] [--bin ...] [--survface ROOT] [--out r.json]
+                                                         BTNet / any backbone at 112&7 … 112&112, SurvFace per
+                                                         branch-selection rule, FLOPs and stored parameters
     lrface upscale PHOTO ... --generator G [--features F.ckpt --reference R --race Black --attr Smiling=1] --out DIR
     lrface export-generator RUN/checkpoints/last.ckpt --out G.pt    g_ema of a StyleGAN2 training run
     lrface judge-generator --generator G --features F.ckpt --celeba ROOT [--fairface ROOT] --out report
@@ -109,6 +112,46 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         f.write("\n".join(names) + "\n")
     print(f"{emb.shape[0]}×{emb.shape[1]} flip-sum embeddings → {args.out} (row names: {names_path})")
     return 0
+
+
+def _cmd_evaluate_multires(args: argparse.Namespace) -> int:
+    import json
+
+    from lrface.weights import load_btnet
+
+    mre = importlib.import_module("callbacks.multi_resolution_evaluation")
+    branches = {}
+    for item in args.branch:
+        r, _, file = item.partition("=")
+        if not r.isdigit() or not file:
+            print(f"lrface evaluate-multires: --branch takes R=FILE (e.g. 7=model_7.pt); got {item!r}", file=sys.stderr)
+            return 2
+        branches[int(r)] = file
+    weights = str(args.weights)
+    if branches or _is_btnet_checkpoint(weights):
+        model = load_btnet(weights, branches or None, share=args.share)
+    else:
+        model = _backbone(args)
+    pairs = [tuple(int(v) for v in p.split("&")) for p in args.pairs]
+    callback = mre.MultiResolutionEvaluation(args.bin, pairs, args.survface, batch_size=args.batch_size)
+    results = callback.evaluate(model.to(args.device).eval(), args.device)
+    if not results:
+        print("lrface evaluate-multires: nothing to evaluate (give --bin and/or --survface)", file=sys.stderr)
+        return 2
+    print(mre.to_markdown(results), end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def _is_btnet_checkpoint(path: str) -> bool:
+    if not path.endswith(".ckpt"):
+        return False
+    from lrface.weights import load_weights_file
+
+    state = load_weights_file(path).get("state_dict") or {}
+    return any(k.startswith("btnet.") for k in state)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -259,6 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", default="prototypes", choices=["prototypes", "images"])
     p.add_argument("--out", default=None, help="also write the results as JSON")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("evaluate-multires", help="cross- / same-resolution pairs, SurvFace per branch selection "
+                       "(BTNet or any backbone)")
+    _add_backbone_args(p)
+    p.add_argument("--branch", nargs="*", default=[], metavar="R=FILE",
+                   help="BTNet from TNet (--weights) + the authors' per-resolution model.pt files")
+    p.add_argument("--share", default="bn", choices=["bn", "copy"], help="with --branch: sharing of the tail")
+    p.add_argument("--bin", nargs="*", default=[], help=".bin pair sets")
+    p.add_argument("--pairs", nargs="*", default=["112&7", "112&14", "112&28", "7&7", "14&14", "28&28", "112&112"])
+    p.add_argument("--survface", default=None, help="a QMUL-SurvFace release folder")
+    p.add_argument("--out", default=None, help="also write the results as JSON")
+    p.set_defaults(func=_cmd_evaluate_multires)
 
     p = sub.add_parser("export-generator", help="g_ema of a stylegan2 training checkpoint → a generator .pt")
     p.add_argument("checkpoint", help="runs/<name>/<run>/checkpoints/*.ckpt of a StyleGAN2Module run")

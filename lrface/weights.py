@@ -145,6 +145,42 @@ def load_recognition_trunk(path: str | os.PathLike,
     return weights, kappa
 
 
+def load_btnet(path: str | os.PathLike, branches: dict[int, str | os.PathLike] | None = None,
+               share: str = "bn"):
+    """A BTNet (seed 004) for inference, in eval mode.
+
+    Args:
+        path: a ``BTNetModule`` ``.ckpt`` of ours (``btnet.*``: resolutions and sharing read from the keys), or — with
+            ``branches`` — TNet's ``backbone.pth`` / ``model.pt`` (IResNet layout).
+        branches: {r: the authors' per-resolution ``model.pt``} (a full IResNet each; BNet_r is read from it by
+            :meth:`lrface.nets.btnet.BTNet.load_branch_network`).
+        share: for ``branches``: ``"bn"`` checks the files' tail convolutions equal TNet's; ``"copy"`` keeps them.
+    """
+    from lrface.nets.btnet import BTNet, iresnet_from_state_dict
+
+    path = Path(path)
+    obj = load_weights_file(path)
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if branches:
+        model = BTNet.from_trunk(_backbone_weights(obj, path), sorted(int(r) for r in branches), share=share)
+        for r, file in branches.items():
+            model.load_branch_network(int(r), backbone_state_dict(file))
+        return model.eval()
+    if not isinstance(state, dict) or not any(k.startswith("btnet.") for k in state):
+        raise ValueError(f"{path}: not a BTNetModule checkpoint (no btnet.* weights); for TNet + the authors' "
+                         "per-resolution files pass branches={7: 'model_7.pt', ...}")
+    weights = {k[len("btnet."):]: v for k, v in state.items() if k.startswith("btnet.")}
+    resolutions = sorted({int(k.split(".")[1]) for k in weights if k.startswith("branches.")})
+    share = "copy" if any(k.endswith(".specific.fc.weight") for k in weights) else "bn"
+    trunk = iresnet_from_state_dict({k[len("trunk."):]: v for k, v in weights.items() if k.startswith("trunk.")})
+    model = BTNet(trunk, resolutions, share=share)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: BTNet weights do not fit branches {resolutions} (share={share!r}): {exc}") from None
+    return model.eval()
+
+
 class FeatureNets(NamedTuple):
     """The seed paper's F, C_R, C_A (Eq. 4–8), ready for :class:`lrface.losses.identity.PulseConstraints`.
 

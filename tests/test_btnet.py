@@ -124,3 +124,46 @@ def test_authors_per_resolution_layout_round_trip(share):
         state["layer3.1.conv1.weight"] = state["layer3.1.conv1.weight"] + 0.1
         with pytest.raises(ValueError, match="share='copy'"):
             other.load_branch_network(28, state)
+
+
+@pytest.mark.parametrize("share", ["bn", "copy"])
+def test_load_btnet_from_our_checkpoint_and_the_authors_files(tmp_path, share):
+    from lrface.weights import load_btnet
+
+    trunk = _trunk()
+    bt = BTNet.from_trunk(trunk.state_dict(), resolutions=(7, 28), share=share)
+    with torch.no_grad():
+        for r in ("7", "28"):
+            bt.branches[r].conv1.weight.mul_(1.2)
+            bt.branches[r].specific["bn2"].running_mean.uniform_(-0.1, 0.1)
+    bt.eval()
+    torch.save({"state_dict": {f"btnet.{k}": v for k, v in bt.state_dict().items()}}, tmp_path / "run.ckpt")
+    loaded = load_btnet(tmp_path / "run.ckpt")
+    assert loaded.resolutions == (7, 28) and loaded.share == share
+    x7, x28 = torch.rand(2, 3, 7, 7), torch.rand(2, 3, 28, 28)
+    torch.testing.assert_close(loaded(x7), bt(x7))
+    # TNet's backbone.pth + one full per-resolution model.pt per branch (the authors' release layout)
+    torch.save(trunk.state_dict(), tmp_path / "backbone.pth")
+    for r in (7, 28):
+        torch.save(bt.branch_network_state_dict(r), tmp_path / f"model_{r}.pt")
+    authors = load_btnet(tmp_path / "backbone.pth", {7: tmp_path / "model_7.pt", 28: tmp_path / "model_28.pt"},
+                         share=share)
+    torch.testing.assert_close(authors(x28), bt(x28))
+    with pytest.raises(ValueError, match="not a BTNetModule checkpoint"):
+        load_btnet(tmp_path / "backbone.pth")
+
+
+def test_cli_evaluate_multires_on_a_btnet_checkpoint(tmp_path, tiny_world):
+    import json
+
+    from lrface.cli import main
+
+    bt = BTNet.from_trunk(_trunk().state_dict(), resolutions=(7,))
+    torch.save({"state_dict": {f"btnet.{k}": v for k, v in bt.state_dict().items()}}, tmp_path / "run.ckpt")
+    out = tmp_path / "r.json"
+    assert main(["evaluate-multires", "--weights", str(tmp_path / "run.ckpt"), "--bin",
+                 str(tiny_world / "ms1m" / "lfw.bin"), "--pairs", "112&7", "7&7", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"lfw@112&7", "lfw@7&7", "average@112&7", "average@7&7", "cost@7px", "cost@112px"}
+    assert 0.0 <= results["lfw@112&7"]["accuracy"] <= 1.0
+    assert results["cost@7px"]["flops_ratio"] < 0.5
