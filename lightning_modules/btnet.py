@@ -25,7 +25,8 @@ All branches train in one run, one loss term each (their parameters are disjoint
 objective; TNet's forward is shared). The authors train one run per branch (``resolutions=[7]`` does that), with
 different lengths on SurvFace (7 px: 25 epochs, 14 / 28: 10): ``branch_epochs`` gives each branch its own number of
 epochs — its term leaves the loss afterwards — and its own learning-rate schedule over those epochs (one parameter
-group per branch).
+group per branch), which reaches 0 when they end, so nothing moves it afterwards (momentum and weight decay
+included). Under DDP a finished branch is an unused parameter set: use ``strategy=ddp_find_unused_parameters_true``.
 
 Validation: on each ``.bin`` set, the 10-fold accuracy of 112&r (image 1 through TNet at 112, image 2 through branch r)
 and r&r pairs, ``val/<set>/112&<r>/accuracy``, ``val/<set>/<r>&<r>/accuracy``; ``val/accuracy`` is their mean (the
