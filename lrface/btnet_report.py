@@ -25,6 +25,7 @@ from typing import Any
 
 from lrface.io import atomic_write_text
 from lrface.metrics.multi_resolution import gain_table, pair_key, parse_pair_key
+from lrface.recognition_table import collect_evaluations
 
 __all__ = ["DEFAULT_PAIRS", "btnet_tables", "write_btnet_report"]
 
@@ -45,20 +46,10 @@ SURVFACE_VERIFICATION = (("1:1 AUC", "verification/auc"),
 
 
 def _read(runs: Mapping[str, str | os.PathLike]) -> tuple[dict[str, dict], dict[str, str]]:
-    """({step: evaluation}, {step: why it is missing})."""
-    evaluations, missing = {}, {}
-    for step, path in runs.items():
-        file = Path(path) if Path(path).suffix == ".json" else Path(path) / EVALUATION_FILE
-        if not file.is_file():
-            missing[str(step)] = f"no {EVALUATION_FILE} in {file.parent}"
-            continue
-        try:
-            data = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{file}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-            raise ValueError(f"{file}: expected {{set: {{metric: value}}}} as MultiResolutionEvaluation writes it")
-        evaluations[str(step)] = data
+    """({step: evaluation}, {step: why it is missing}); a malformed file raises, naming it."""
+    evaluations = collect_evaluations(runs, missing="skip")
+    missing = {str(step): f"no {EVALUATION_FILE} in {path}" for step, path in runs.items()
+               if str(step) not in evaluations}
     return evaluations, missing
 
 

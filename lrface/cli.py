@@ -115,8 +115,6 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate_multires(args: argparse.Namespace) -> int:
-    import json
-
     from lrface.weights import load_btnet
 
     mre = importlib.import_module("callbacks.multi_resolution_evaluation")
@@ -135,12 +133,19 @@ def _cmd_evaluate_multires(args: argparse.Namespace) -> int:
     pairs = [tuple(int(v) for v in p.split("&")) for p in args.pairs]
     callback = mre.MultiResolutionEvaluation(args.bin, pairs, args.survface, batch_size=args.batch_size)
     results = callback.evaluate(model.to(args.device).eval(), args.device)
+    return _print_results("evaluate-multires", results, mre.to_markdown, args.out)
+
+
+def _print_results(command: str, results: dict, to_markdown, out: str | None) -> int:
+    """Print the evaluation as Markdown (and write it as JSON); 2 when there was nothing to evaluate."""
+    import json
+
     if not results:
-        print("lrface evaluate-multires: nothing to evaluate (give --bin and/or --survface)", file=sys.stderr)
+        print(f"lrface {command}: nothing to evaluate (give --bin and/or --survface)", file=sys.stderr)
         return 2
-    print(mre.to_markdown(results), end="")
-    if args.out:
-        with open(args.out, "w") as f:
+    print(to_markdown(results), end="")
+    if out:
+        with open(out, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 
@@ -155,8 +160,6 @@ def _is_btnet_checkpoint(path: str) -> bool:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
     evaluation = importlib.import_module("callbacks.evaluation")
     backbone, results = _backbone(args), {}
     for path in args.bin:
@@ -166,14 +169,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         results["qmul_survface"] = evaluation.evaluate_survface(
             backbone, args.survface, image_size=args.image_size, batch_size=args.batch_size, device=args.device,
             gallery=args.gallery)
-    if not results:
-        print("lrface evaluate: nothing to evaluate (give --bin and/or --survface)", file=sys.stderr)
-        return 2
-    print(evaluation.to_markdown(results), end="")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+    return _print_results("evaluate", results, evaluation.to_markdown, args.out)
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
