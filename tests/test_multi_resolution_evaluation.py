@@ -272,7 +272,9 @@ def test_callback_writes_the_evaluation(tmp_path: Path, survface) -> None:
     saved = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert saved.keys() == callback.results.keys()
     assert list(saved) == ["a@112&7", "a@7&7", "b@112&7", "b@7&7", "average@112&7", "average@7&7",
-                           "qmul_survface@max+floor", "qmul_survface@max+ceil"]
+                           "qmul_survface@max+floor", "qmul_survface@max+ceil",
+                           "cost@7px", "cost@14px", "cost@28px", "cost@112px"]  # BTNet's FLOPs / storage last
+    assert saved["cost@112px"]["flops_ratio"] == 1.0 and saved["cost@7px"]["flops_ratio"] < 1.0
     for key in ("112&7", "7&7"):
         mean = (saved[f"a@{key}"]["accuracy"] + saved[f"b@{key}"]["accuracy"]) / 2
         assert saved[f"average@{key}"]["accuracy"] == pytest.approx(mean)
