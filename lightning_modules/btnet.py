@@ -51,20 +51,18 @@ from datamodules.transforms import resize_tensor
 from lrface.inference import embed_flip_sum, to_model_range
 from lrface.metrics.verification import verify_pairs
 from lrface.nets.btnet import BTNet
+from lrface.nets.iresnet import init_weights
 from lrface.weights import load_recognition_trunk
 
 from .feature_extractor import gather_unique
 
 
 def _reinit(module: nn.Module) -> None:
-    """IResNet's initialisation (conv N(0, 0.1), BN 1 / 0), for "w/o pretraining"."""
+    """IResNet's initialisation (and fresh BN statistics / PReLU slopes), for "w/o pretraining"."""
+    init_weights(module)
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, 0, 0.1)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
         elif isinstance(m, nn.PReLU):
             nn.init.constant_(m.weight, 0.25)
 

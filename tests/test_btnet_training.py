@@ -133,3 +133,16 @@ def test_report_prints_the_cost_table(tmp_path):
     md = write_btnet_report({"phi_bt": run}, tmp_path)
     assert "| 7×7 | 12.619 | 3.034 | 0.240 | 43.591 | 21.307 | 0.489 |" in md
     assert json.loads((tmp_path / "btnet_report.json").read_text())["cost"]["phi_bt"]["7"]["phi_bt_gflops"] == 3.034
+
+
+def test_without_pretraining_the_branches_start_fresh(tiny_world):
+    from lightning_modules.btnet import BTNetModule
+
+    module = BTNetModule(str(tiny_world / TINY_TRUNK), head=partial(CurricularFace), optimizer=partial(torch.optim.SGD),
+                         resolutions=(7,), pretrained=False)
+    branch, trunk = module.btnet.branches["7"], module.btnet.trunk
+    assert not torch.equal(branch.layer1[0].conv1.weight, trunk.layer1[0].conv1.weight)
+    assert float(branch.layer1[0].conv1.weight.std()) == pytest.approx(0.1, rel=0.2)  # IResNet's N(0, 0.1)
+    assert torch.equal(branch.bn1.running_mean, torch.zeros_like(branch.bn1.running_mean))
+    # the resolution-specific BNs of the tail still start as TNet's (only the branch body is re-initialised)
+    assert torch.equal(branch.specific["bn2"].running_var, trunk.bn2.running_var)

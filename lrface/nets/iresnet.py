@@ -27,6 +27,7 @@ __all__ = [
     "iresnet50",
     "iresnet100",
     "iresnet200",
+    "init_weights",
 ]
 
 #: Blocks per stage for each official depth (``get_model(name)`` in ``backbones/__init__.py``).
@@ -93,6 +94,16 @@ class IBasicBlock(nn.Module):
         return self._forward_impl(x)
 
 
+def init_weights(module: nn.Module) -> None:
+    """arcface_torch's initialisation: every conv N(0, 0.1), every BN / GroupNorm weight 1 and bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0, 0.1)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
 class IResNet(nn.Module):
     """IResNet trunk + embedding head (insightface arcface_torch layout).
 
@@ -154,12 +165,7 @@ class IResNet(nn.Module):
         # Kept as a (frozen) Parameter rather than a buffer so the state_dict matches the official one.
         self.features.weight.requires_grad = False
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0, 0.1)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_weights(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, IBasicBlock):
