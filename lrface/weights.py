@@ -315,3 +315,55 @@ def load_feature_extractor(path: str | os.PathLike, backbone: str | None = None,
 # Generator checkpoints (PULSE .pt pair, rosinality .pt, NVlabs stylegan2-ada .pkl) live in lrface.generators; these
 # names are the public API.
 from lrface.generators import UnsafeCheckpointError, load_generator  # noqa: E402,F401
+
+
+def load_mrgan_generator(path: str | os.PathLike) -> nn.Module:
+    """MR-GAN's generator (seed 002) in eval mode, frozen, from what ``MRGANModule`` writes.
+
+    Args:
+        path: ``<run dir>/mrgan_generator.pt`` (``{"config": MRGANGenerator kwargs, "state_dict"}``, written at the
+            end of fit), or a Lightning ``<run dir>/checkpoints/*.ckpt`` (``generator.*`` keys; the architecture is
+            ``module.generator`` of the run's ``config.yaml``).
+    """
+    from lrface.nets.mrgan import MRGANGenerator
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such MR-GAN generator file")
+    obj = load_weights_file(path)
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict) and isinstance(obj.get("state_dict"), dict):
+        config, state = obj["config"], obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        run_config = path.parent.parent / "config.yaml"
+        if path.parent.name != "checkpoints" or not run_config.is_file():
+            raise ValueError(f"{path}: a Lightning checkpoint needs its run's config.yaml at {run_config} to rebuild "
+                             f"the generator; or pass the run's mrgan_generator.pt")
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.to_container(OmegaConf.load(run_config), resolve=True).get("module", {}).get("generator")
+        if not isinstance(node, dict):
+            raise ValueError(f"{run_config}: no module.generator")
+        config = {k: v for k, v in node.items() if not k.startswith("_")}
+        state = {k[len("generator."):]: v for k, v in obj["state_dict"].items() if k.startswith("generator.")}
+        if not state:
+            raise ValueError(f"{path}: no generator.* weights (not an MRGANModule checkpoint)")
+    else:
+        raise ValueError(f"{path}: expected an MR-GAN generator file ({{'config', 'state_dict'}}) or an MRGANModule "
+                         f"checkpoint")
+    generator = MRGANGenerator(**config)
+    try:
+        generator.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit MRGANGenerator({config}): {exc}") from None
+    return generator.eval().requires_grad_(False)
+
+
+def load_frozen_recognition(path: str | os.PathLike) -> tuple[nn.Module, torch.Tensor | None]:
+    """A trained IResNet (our ``.ckpt`` or an insightface ``backbone.pth``), eval mode, frozen, and its class centres
+    (C×D, or None): RAN's pre-trained HR / LR models and MR-GAN's identity network (seed 002 Alg. 1–2)."""
+    from lrface.nets.btnet import iresnet_from_state_dict
+
+    weights, kappa = load_recognition_trunk(path)
+    net = iresnet_from_state_dict(weights)
+    net.load_state_dict(weights, strict=True)
+    return net.eval().requires_grad_(False), kappa

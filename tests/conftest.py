@@ -29,6 +29,7 @@ def tiny_world(tmp_path_factory) -> Path:
     write_tiny_feature_extractor(Path(world) / TINY_FEATURES)
     write_tiny_trunk(Path(world) / TINY_TRUNK, Path(world) / "ms1m" / "property")
     write_tiny_trunk(Path(world) / TINY_SURVFACE_TRUNK, Path(world) / "qmul_survface" / "training_set")
+    write_tiny_mrgan(Path(world) / TINY_MRGAN)
     for task, rel in TINY_JUDGES.items():
         write_tiny_judge(Path(world) / rel, task)
     return world
@@ -147,4 +148,24 @@ def write_tiny_judge(path: Path, task: str, seed: int = 0) -> Path:
                              timm_kwargs={"channels": [8, 8, 16, 16], "stem_width": 8})
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+# A random tiny MR-GAN generator in the export layout of MRGANModule ({"config", "state_dict"}), written into the tiny
+# world: RAN's LR-model and adaption smoke runs read it where a trained mrgan_synthetic run would be.
+TINY_MRGAN = "weights/mrgan_tiny.pt"
+TINY_MRGAN_CONFIG = {"image_size": 112, "global_channels": [8, 8, 16, 16], "blocks": 1, "lr_sizes": [16, 24, 32],
+                     "local_channels": 8, "local_res_blocks": 1}
+
+
+def write_tiny_mrgan(path: Path, seed: int = 0) -> Path:
+    import torch
+
+    from lrface.nets.mrgan import MRGANGenerator
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        generator = MRGANGenerator(**TINY_MRGAN_CONFIG)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": generator.config, "state_dict": generator.state_dict()}, path)
     return path
