@@ -30,3 +30,19 @@ def history(run_dir: Path) -> list[dict]:
 
 def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())["metrics"]
+
+
+class RankParameterSums(pl.Callback):
+    """At the end of training each rank writes ``rank<r>.json``: {top-level submodule: sum of its parameters} — the
+    test compares ranks, which DDP must have kept identical."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        sums: dict[str, float] = {}
+        for name, p in pl_module.named_parameters():
+            key = name.split(".")[0]
+            sums[key] = sums.get(key, 0.0) + float(p.detach().double().sum())
+        Path(self.out).mkdir(parents=True, exist_ok=True)
+        (Path(self.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(sums))

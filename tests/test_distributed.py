@@ -1,6 +1,7 @@
 """DDP for real on CPU (gloo): in-process ddp_spawn and the real entry point under strategy=ddp, with bf16-mixed."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,44 @@ def test_btnet_branches_ddp_spawn_bf16(tiny_world: Path, tmp_path: Path) -> None
     torch.testing.assert_close(state["btnet.trunk.layer4.1.conv1.weight"], trunk["backbone.layer4.1.conv1.weight"],
                                rtol=0, atol=0)
     assert not torch.equal(state["btnet.branches.7.conv1.weight"], trunk["backbone.conv1.weight"])
+
+
+def _rank_sums(out: Path) -> tuple[dict, dict]:
+    return tuple(json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+
+
+def test_mrgan_ddp_spawn_two_processes(tiny_world: Path, tmp_path: Path) -> None:
+    """MR-GAN's G and D in one DDP wrapper, each backward reaching one of them (find_unused_parameters): both ranks
+    end with the same generator and discriminators, and both moved."""
+    name = "mrgan_synthetic"
+    out = tmp_path / "sums"
+    overrides = smoke_overrides(name, tiny_world, tmp_path) + [
+        "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+        "trainer.strategy=ddp_spawn_find_unused_parameters_true", "trainer.devices=2",
+        "+callbacks.sums._target_=tests.helpers.RankParameterSums", f"+callbacks.sums.out={out}"]
+    run(compose(name, overrides))
+    run_dir = only_run_dir(tmp_path, name)
+    assert history(run_dir)[-1]["step"] == 2 * 3
+    rank0, rank1 = _rank_sums(out)
+    assert set(rank0) == {"generator", "discriminator"}
+    for key in rank0:
+        assert rank0[key] == pytest.approx(rank1[key], rel=1e-9, abs=1e-9), key
+    assert (run_dir / "mrgan_generator.pt").is_file()
+
+
+def test_feature_adaption_ddp_spawn_bf16(tiny_world: Path, tmp_path: Path) -> None:
+    """RAN's adaption stage under 2-process DDP + bf16-mixed: Model_MR, head, gate and D stay identical across ranks."""
+    name = "ran_adapt_synthetic"
+    out = tmp_path / "sums"
+    overrides = smoke_overrides(name, tiny_world, tmp_path) + [
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=8",
+        "callbacks.evaluation=null", "trainer.strategy=ddp_spawn_find_unused_parameters_true", "trainer.devices=2",
+        "trainer.precision=bf16-mixed",
+        "+callbacks.sums._target_=tests.helpers.RankParameterSums", f"+callbacks.sums.out={out}"]
+    run(compose(name, overrides))
+    run_dir = only_run_dir(tmp_path, name)
+    assert history(run_dir)[-1]["step"] == 2 * 2
+    rank0, rank1 = _rank_sums(out)
+    assert set(rank0) == {"backbone", "gate", "discriminator", "head"}
+    for key in rank0:
+        assert rank0[key] == pytest.approx(rank1[key], rel=1e-9, abs=1e-9), key

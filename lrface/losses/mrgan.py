@@ -18,7 +18,6 @@ each exposed in ``MRGANModule``'s config:
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
