@@ -139,8 +139,8 @@ class _UpdateIsolation(pl.Callback):
         d_opt.register_step_post_hook(post("d", "g"))
 
 
-def _mrgan_trainer(callbacks, steps: int) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", max_steps=2 * steps, limit_val_batches=0, logger=False,
+def _mrgan_trainer(callbacks, steps: int, root: Path) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", max_steps=2 * steps, limit_val_batches=0, logger=False, default_root_dir=root,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=callbacks)
 
@@ -156,7 +156,7 @@ def test_discriminator_steps_do_not_update_the_generator_and_vice_versa(tiny_wor
     module, data = _mrgan_setup(tiny_world, tmp_path, ["module.pixel_every=2"])
     spy = _UpdateIsolation()
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    _mrgan_trainer([spy], steps=4).fit(module, datamodule=data)
+    _mrgan_trainer([spy], 4, tmp_path).fit(module, datamodule=data)
     assert spy.steps == 8 and spy.violations == []
     changed = {k.split(".")[0] for k, v in module.state_dict().items()
                if v.is_floating_point() and not torch.equal(v, before[k])}
@@ -175,7 +175,7 @@ def test_pixel_loss_joins_every_fifth_generator_update(tiny_world, tmp_path, mon
 
     monkeypatch.setattr(mrgan, "pixel_loss", spy)
     module, data = _mrgan_setup(tiny_world, tmp_path)
-    _mrgan_trainer([], steps=11).fit(module, datamodule=data)
+    _mrgan_trainer([], 11, tmp_path).fit(module, datamodule=data)
     # two optimiser steps per update: the G step of update b (1-based) starts at global_step 2·(b − 1)
     assert calls == [8, 18]
 
@@ -223,8 +223,9 @@ class _TranslatorChanges(pl.Callback):
             self.changed.append(len(self.seen) - 1)
 
 
-def _fit(module, data, steps: int, callbacks=()):
+def _fit(module, data, steps: int, root: Path, callbacks=()):
     pl.Trainer(accelerator="cpu", max_steps=2 * steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+               default_root_dir=root,
                enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks)).fit(
         module, datamodule=data)
 
@@ -235,7 +236,7 @@ def test_feature_supervision_every_fourth_update(tiny_world, tmp_path):
     module, data = _adaption(tiny_world, tmp_path, ["module.hr_weight=0", "module.lr_weight=0",
                                                     "module.translate_weight=0", "module.adversarial_weight=0"])
     spy = _TranslatorChanges()
-    _fit(module, data, 9, [spy])
+    _fit(module, data, 9, tmp_path, [spy])
     assert len(spy.seen) == 9 and spy.changed == [i for i, b in enumerate(spy.seen) if (b + 1) % 4 == 0]
     assert len(spy.changed) >= 2
 
@@ -245,7 +246,7 @@ def test_feature_supervision_learns_and_w_is_traced(tiny_world, tmp_path):
                                                     "module.translate_weight=0", "module.adversarial_weight=0",
                                                     "module.feature_every=1", "module.optimizer.lr=0.05",
                                                     "module.trace_every=1"])
-    _fit(module, data, 25)
+    _fit(module, data, 25, tmp_path)
     trace = module.gate_trace
     assert len(trace) == 25 and all(0 < t["W"] < 1 for t in trace)
     first, last = trace[0]["L_feature"], sum(t["L_feature"] for t in trace[-3:]) / 3
@@ -258,7 +259,7 @@ def test_adaption_keeps_frozen_models_and_starts_from_the_hr_model(tiny_world, t
     module, data = _adaption(tiny_world, tmp_path, [])
     hr = torch.load(tiny_world / TINY_TRUNK, map_location="cpu", weights_only=True)["state_dict"]
     torch.testing.assert_close(module.backbone.conv1.weight, hr["backbone.conv1.weight"], rtol=0, atol=0)
-    _fit(module, data, 3)
+    _fit(module, data, 3, tmp_path)
     assert module.head.weight.shape == hr["head.weight"].shape
     lr_net = module._nets["LR"]
     torch.testing.assert_close(lr_net.conv1.weight, hr["backbone.conv1.weight"], rtol=0, atol=0)
