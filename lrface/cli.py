@@ -14,6 +14,9 @@
                                                          branch-selection rule, FLOPs and stored parameters
     lrface upscale PHOTO ... --generator G [--features F.ckpt --reference R --race Black --attr Smiling=1] --out DIR
     lrface export-generator RUN/checkpoints/last.ckpt --out G.pt    g_ema of a StyleGAN2 training run
+    lrface covariate-protocol --celeba ROOT [--simulate-scales 0.2 1] [--weights W] [--protocol-out p.npz]
+                                                         RAN's TinyFace-style 1:1 covariate protocol (TAR@FAR)
+    lrface mrgan-samples --weights mrgan_generator.pt --images DIR --out grid.png   Fig. 4-style MR-GAN grid
     lrface judge-generator --generator G --features F.ckpt --celeba ROOT [--fairface ROOT] --out report
 
 ``--weights`` takes an official insightface ``backbone.pth``, a DDP-saved state_dict or one of our Lightning
@@ -134,6 +137,59 @@ def _cmd_evaluate_multires(args: argparse.Namespace) -> int:
     callback = mre.MultiResolutionEvaluation(args.bin, pairs, args.survface, batch_size=args.batch_size)
     results = callback.evaluate(model.to(args.device).eval(), args.device)
     return _print_results("evaluate-multires", results, mre.to_markdown, args.out)
+
+
+def _cmd_covariate(args: argparse.Namespace) -> int:
+    from lrface.covariate_protocol import build_covariate_protocol
+
+    faces_mod = importlib.import_module("datamodules.covariate_faces")
+    faces = faces_mod.CovariateFaces(args.celeba, split=args.split, simulate_scales=args.simulate_scales,
+                                     seed=args.seed)
+    protocol = build_covariate_protocol(faces.landmarks, faces.identities, low=args.low, high=args.high,
+                                        positives_per_face=args.positives_per_face,
+                                        negatives_per_face=args.negatives_per_face, seed=args.seed)
+    print(f"{len(faces)} faces ({args.split}), {len(protocol.lr_faces)} LR faces ({args.low} < eye–mouth distance < "
+          f"{args.high} px), {len(protocol.positives)} positive / {len(protocol.negatives)} negative pairs")
+    if args.protocol_out:
+        print(f"protocol → {protocol.save(args.protocol_out)}")
+    if not args.weights:
+        return 0
+    metrics = faces_mod.evaluate_covariate_faces(_backbone(args).to(args.device).eval(), faces, protocol,
+                                                 batch_size=args.batch_size, device=args.device)
+    evaluation = importlib.import_module("callbacks.evaluation")
+    return _print_results("covariate-protocol", {"tinyface_covariate": metrics}, evaluation.to_markdown, args.out)
+
+
+def _cmd_mrgan_samples(args: argparse.Namespace) -> int:
+    import torch
+
+    from lrface.io import atomic_write_bytes
+    from lrface.weights import load_mrgan_generator
+
+    evaluation = importlib.import_module("callbacks.evaluation")
+    grid_png = importlib.import_module("lightning_modules.stylegan2").image_grid_png
+    generator = load_mrgan_generator(args.weights).to(args.device)
+    from pathlib import Path
+
+    paths = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in evaluation.IMAGE_SUFFIXES)
+    if not paths:
+        print(f"lrface mrgan-samples: {args.images}: no images", file=sys.stderr)
+        return 2
+    files = evaluation._ImageFiles(paths[:args.n], generator.image_size)
+    faces = torch.stack([files[i]["image"] for i in range(len(files))]).to(args.device)
+    index = torch.arange(len(faces), device=args.device) % len(generator.lr_sizes)
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        out = generator(faces * 2 - 1, index)
+    columns = [faces, (out["base"] + 1) / 2, (out["image"] + 1) / 2]
+    if out.get("attention") is not None:
+        columns.append(out["attention"].expand(-1, 3, -1, -1))
+    grid = torch.stack(columns, 1).flatten(0, 1).clamp(0, 1).cpu()
+    atomic_write_bytes(args.out, grid_png(grid, nrow=len(columns)))
+    sizes = ", ".join(str(generator.lr_sizes[int(i)]) for i in index)
+    print(f"{len(faces)} faces (input | down-sampled | MR-GAN{' | attention' if len(columns) == 4 else ''}; LR sides "
+          f"{sizes}) → {args.out}")
+    return 0
 
 
 def _print_results(command: str, results: dict, to_markdown, out: str | None) -> int:
@@ -310,6 +366,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--survface", default=None, help="a QMUL-SurvFace release folder")
     p.add_argument("--out", default=None, help="also write the results as JSON")
     p.set_defaults(func=_cmd_evaluate_multires)
+
+    p = sub.add_parser("covariate-protocol", help="the TinyFace-style 1:1 covariate protocol (RAN supp. §3) on a "
+                       "landmark-annotated CelebA-format set; with --weights, a model's TAR at FAR 1e-7 … 1e-1")
+    _add_backbone_args(p)
+    p.add_argument("--celeba", required=True, help="a CelebA root (aligned or in-the-wild images + landmarks)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
+    p.add_argument("--simulate-scales", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="shrink each image by a seeded factor in [LO, HI] first (sets whose faces are all large)")
+    p.add_argument("--low", type=float, default=10.0)
+    p.add_argument("--high", type=float, default=30.0)
+    p.add_argument("--positives-per-face", type=int, default=20)
+    p.add_argument("--negatives-per-face", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--protocol-out", default=None, help="save the pairs (.npz)")
+    p.add_argument("--out", default=None, help="also write the results as JSON")
+    p.set_defaults(func=_cmd_covariate)
+
+    p = sub.add_parser("mrgan-samples", help="a Fig. 4-style grid (input | down-sampled | MR-GAN | attention) from a "
+                       "trained MR-GAN generator")
+    p.add_argument("--weights", required=True, help="mrgan_generator.pt or an MR-GAN run's .ckpt")
+    p.add_argument("--images", required=True, help="a folder of aligned face crops")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.set_defaults(func=_cmd_mrgan_samples)
 
     p = sub.add_parser("export-generator", help="g_ema of a stylegan2 training checkpoint → a generator .pt")
     p.add_argument("checkpoint", help="runs/<name>/<run>/checkpoints/*.ckpt of a StyleGAN2Module run")

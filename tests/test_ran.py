@@ -291,3 +291,25 @@ def test_ran_synthetic_pipeline_and_report(tiny_world: Path, tmp_path: Path):
     mrgan_dir = Path(steps[1]["run_dir"])
     assert (mrgan_dir / "samples.png").is_file() and (mrgan_dir / "mrgan_generator.pt").is_file()
     assert "## (c) TinyFace-style" in (pipeline_dir / "ran_report.md").read_text()
+
+
+def test_cli_mrgan_samples_and_covariate_protocol(tiny_world: Path, tmp_path: Path, capsys):
+    from PIL import Image
+
+    from lrface.cli import main
+    from lrface.covariate_protocol import CovariateProtocol
+    from tests.conftest import TINY_MRGAN, TINY_TRUNK
+
+    out = tmp_path / "grid.png"
+    assert main(["mrgan-samples", "--weights", str(tiny_world / TINY_MRGAN), "--images",
+                 str(tiny_world / "celeba" / "img_align_celeba"), "--n", "3", "--out", str(out)]) == 0
+    assert Image.open(out).size == (4 * 112 + 5 * 2, 3 * 112 + 4 * 2)   # input | down | MR-GAN | attention, 3 rows
+    assert "LR sides 16, 24, 32" in capsys.readouterr().out
+    protocol = tmp_path / "p.npz"
+    assert main(["covariate-protocol", "--celeba", str(tiny_world / "celeba"), "--split", "all",
+                 "--simulate-scales", "0.2", "1", "--protocol-out", str(protocol), "--weights",
+                 str(tiny_world / TINY_TRUNK), "--backbone", "r18", "--widths", "8", "8", "16", "16",
+                 "--num-features", "32", "--out", str(tmp_path / "r.json")]) == 0
+    saved = CovariateProtocol.load(protocol)
+    metrics = json.loads((tmp_path / "r.json").read_text())["tinyface_covariate"]
+    assert metrics["n_lr_faces"] == len(saved.lr_faces) > 0 and metrics["n_positives"] == len(saved.positives)
