@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from lrface.metrics.verification import roc_auc
+from lrface.metrics.verification import _np, roc_auc
 
 __all__ = [
     "COVARIATE_FARS",
@@ -45,15 +44,6 @@ __all__ = [
 
 COVARIATE_FARS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 _FORMAT_VERSION = 1
-
-
-def _np(x, dtype=None) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype in (torch.bfloat16, torch.float16):
-            x = x.float()
-        x = x.numpy()
-    return np.asarray(x, dtype=dtype)
 
 
 def eye_mouth_distance(landmarks) -> np.ndarray:
