@@ -37,6 +37,27 @@ def _inside(box, x, y):
     return l <= x <= l + w - 1 and t <= y <= t + h - 1
 
 
+def _as_trained(net):
+    """A stand-in for training: the last layers that start at zero (global heads, local decoders) get random weights."""
+    for m in net.modules():
+        if isinstance(m, GlobalGenerator):
+            for head in m.heads:
+                torch.nn.init.normal_(head[-1].weight, std=0.1)
+        elif isinstance(m, LocalGenerator):
+            torch.nn.init.normal_(m.decoder[-2].weight, std=0.1)
+    return net
+
+
+def test_an_untrained_generator_is_plain_down_sampling():
+    torch.manual_seed(0)
+    gen = MRGANGenerator(112, **SMALL)
+    x, index = _faces(3), torch.tensor([0, 1, 1])
+    out = gen(x, index)
+    torch.testing.assert_close(out["local"], out["base"], rtol=0, atol=0)
+    torch.testing.assert_close(out["global"], out["base"], rtol=0, atol=0)
+    torch.testing.assert_close(out["image"], out["base"], rtol=0, atol=1e-6)
+
+
 def test_patch_sizes_positions_and_landmarks_at_112():
     boxes = region_boxes(112)
     assert list(boxes) == list(REGIONS)
@@ -105,7 +126,7 @@ def test_crop_paste_round_trip_and_gradients():
 
 def test_global_generator_streams_and_zero_heads_give_the_plain_lr_face():
     torch.manual_seed(0)
-    g = GlobalGenerator(112, channels=(4, 8, 8, 8), blocks=1, lr_sizes=(14, 28))
+    g = _as_trained(GlobalGenerator(112, channels=(4, 8, 8, 8), blocks=1, lr_sizes=(14, 28)))
     x = _faces(3)
     streams = g.streams(x)
     assert [tuple(s.shape) for s in streams] == [(3, 4, 112, 112), (3, 8, 56, 56), (3, 8, 28, 28), (3, 8, 14, 14)]
@@ -131,7 +152,7 @@ def test_global_generator_streams_and_zero_heads_give_the_plain_lr_face():
 
 def test_global_generator_random_index_and_per_sample_consistency():
     torch.manual_seed(0)
-    g = GlobalGenerator(32, channels=(4, 8), blocks=1, lr_sizes=(4, 8, 16))
+    g = _as_trained(GlobalGenerator(32, channels=(4, 8), blocks=1, lr_sizes=(4, 8, 16)))
     x = _faces(64, 32)
     out = g(x)
     assert out["index"].shape == (64,) and set(out["index"].tolist()) == {0, 1, 2}
@@ -153,7 +174,7 @@ def test_heads_run_only_for_present_resolutions():
 
 def test_local_generator_shapes_noise_and_sizes():
     torch.manual_seed(0)
-    gen = LocalGenerator((20, 72), channels=4, n_res=1, noise_dim=3)
+    gen = _as_trained(LocalGenerator((20, 72), channels=4, n_res=1, noise_dim=3))
     for h, w in [(20, 72), (32, 20), (24, 52), (8, 4)]:
         patch = torch.rand(2, 3, h, w) * 2 - 1
         out = gen(patch)
@@ -171,7 +192,7 @@ def test_local_generator_shapes_noise_and_sizes():
 @pytest.mark.parametrize("local,attention", [(True, True), (False, True), (True, False), (False, False)])
 def test_generator_ablations(local, attention):
     torch.manual_seed(0)
-    gen = MRGANGenerator(112, local_generators=local, spatial_attention=attention, **SMALL)
+    gen = _as_trained(MRGANGenerator(112, local_generators=local, spatial_attention=attention, **SMALL))
     assert (gen.local_generators is None) != local and (gen.attention is None) != attention
     assert any(k.startswith("attention.") for k in gen.state_dict()) == attention
     assert any(k.startswith("local_generators.") for k in gen.state_dict()) == local
@@ -201,7 +222,7 @@ def test_generator_ablations(local, attention):
 
 def test_local_noise_changes_only_region_pixels_without_attention():
     torch.manual_seed(0)
-    gen = MRGANGenerator(112, spatial_attention=False, **SMALL)
+    gen = _as_trained(MRGANGenerator(112, spatial_attention=False, **SMALL))
     x, index = _faces(2), torch.tensor([1, 0])
     a = gen(x, index, {k: torch.zeros(2, 3) for k in REGIONS})["image"]
     b = gen(x, index, {k: torch.full((2, 3), 2.0) for k in REGIONS})["image"]

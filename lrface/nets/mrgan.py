@@ -258,6 +258,11 @@ class GlobalGenerator(nn.Module):
         self.heads = nn.ModuleList(nn.Sequential(
             nn.Conv2d(channels[-1], hidden, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 3, 3, padding=1))
             for _ in lr_sizes)
+        # zero last layers: the generator starts as the plain down-sampled face and learns what makes it realistic
+        # (an untrained refinement would otherwise hand D noise to reject from the first update)
+        for head in self.heads:
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
 
     @staticmethod
     def _down(c_in: int, c_out: int, steps: int, norm: str) -> nn.Sequential:
@@ -360,6 +365,9 @@ class LocalGenerator(nn.Module):
             nn.ConvTranspose2d(2 * c, c, 3, stride=2, padding=1, output_padding=1),
             nn.InstanceNorm2d(c), nn.ReLU(inplace=True),
             nn.ReflectionPad2d(3), nn.Conv2d(c, 3, 7), nn.Tanh())
+        # Δ starts at 0: the region starts as the down-sampled face's (see MRGANGenerator)
+        nn.init.zeros_(self.decoder[-2].weight)
+        nn.init.zeros_(self.decoder[-2].bias)
 
     def forward(self, patch: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         b, _, h, w = patch.shape
@@ -399,8 +407,10 @@ class SpatialAttention(nn.Module):
 class MRGANGenerator(nn.Module):
     """The MR-GAN generator: global generator + local generators + spatial attention (supp. §1, §5, Fig. 7–9, Alg. 1).
 
-    L = paste(base, {region: local_generator(crop(x))}) (the local generators work on the HR face's regions and write
-    into the plain down-sampled face), or base without local generators. With attention, A = attention(cat(global, L))
+    L = paste(base, {region: crop(base) + local_generator(crop(x))}) (each local generator reads its region of the HR
+    face and writes a residual onto the same region of the plain down-sampled face: it "blurs the local region
+    randomly" around the down-sampled look rather than painting a patch from nothing; its last conv starts at zero,
+    as the global heads' do, so an untrained MR-GAN is plain down-sampling), or base without local generators. With attention, A = attention(cat(global, L))
     and out = A ⊙ L + (1 − A) ⊙ global; without it, out = paste(global, local patches), or global alone.
 
     Args:
@@ -449,8 +459,9 @@ class MRGANGenerator(nn.Module):
         patches = None
         if self.local_generators is not None:
             noise = noise or {}
-            crops = crop_regions(x, self.boxes)
-            patches = {name: gen(crops[name], noise.get(name)) for name, gen in self.local_generators.items()}
+            crops, base_crops = crop_regions(x, self.boxes), crop_regions(base, self.boxes)
+            patches = {name: (base_crops[name] + gen(crops[name], noise.get(name))).clamp(-1, 1)
+                       for name, gen in self.local_generators.items()}
             local = paste_regions(base, patches, self.boxes)
         else:
             local = base
