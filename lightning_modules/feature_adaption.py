@@ -29,7 +29,8 @@ accuracy by translation gate" and "fixed LR accuracy obtained by LR model" are b
 logged as ``train/translate_acc`` and ``train/lr_model_acc``); D's loss is the logistic one (W is then D's
 probability). W's batch mean is logged as ``train/W`` (Fig. 3a) and L_feature as ``train/L_feature`` (Fig. 3c).
 Setting ``translate_weight``, ``adversarial_weight`` and ``feature_weight`` to 0 gives the "MR-GAN faces as plain
-augmentation, no gate" baseline.
+augmentation, no gate" baseline; with ``lr_weight`` 0 as well, the HR-only control (the same fine-tuning on HR faces
+alone; the LR faces then never enter Model_MR, not even its BatchNorm statistics).
 
 Fig. 3 (W, the LR accuracies and L_feature over training) is traced every ``trace_every`` updates into
 ``translation_gate.jsonl`` / ``translation_gate.png`` in the run directory.
@@ -183,7 +184,10 @@ class FeatureAdaptionModule(FrozenNets, pl.LightningModule):
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             x_lr = ((self._frozen("G")(to_model_range(x))["image"].clamp(-1, 1) + 1) / 2).detach()
             f_lr = self._frozen("LR")(to_model_range(x_lr)).float()                   # 1.
-        f_hr, f_mr_lr = self(torch.cat([x, x_lr])).float().split(n)                    # 2.
+        if hp.lr_weight:
+            f_hr, f_mr_lr = self(torch.cat([x, x_lr])).float().split(n)                # 2.
+        else:  # an HR-only control: BatchNorm must not see the LR faces either
+            f_hr, f_mr_lr = self(x).float(), None
         translated = self.gate.translator(f_hr)
 
         self.discriminator.requires_grad_(True)                                        # 3.
@@ -198,10 +202,13 @@ class FeatureAdaptionModule(FrozenNets, pl.LightningModule):
         f_translate = self.gate(f_hr, w, translated=translated)                        # 5.
 
         l_hr, acc_hr = self._cls(f_hr, labels)
-        l_lr, acc_lr = self._cls(f_mr_lr, labels)
-        loss = hp.hr_weight * l_hr + hp.lr_weight * l_lr
-        logs = {"train/L_hr": l_hr.detach(), "train/L_lr": l_lr.detach(), "train/acc_hr": acc_hr,
-                "train/acc_lr": acc_lr, "train/d_loss": d_loss.detach(), "train/W": w.mean()}
+        loss = hp.hr_weight * l_hr
+        logs = {"train/L_hr": l_hr.detach(), "train/acc_hr": acc_hr, "train/d_loss": d_loss.detach(),
+                "train/W": w.mean()}
+        if f_mr_lr is not None:
+            l_lr, acc_lr = self._cls(f_mr_lr, labels)
+            loss = loss + hp.lr_weight * l_lr
+            logs.update({"train/L_lr": l_lr.detach(), "train/acc_lr": acc_lr})
         if hp.translate_weight:
             logits = self._lr_logits(f_translate)
             l_tr = F.cross_entropy(logits, labels)

@@ -281,7 +281,8 @@ def test_ran_synthetic_pipeline_and_report(tiny_world: Path, tmp_path: Path):
     pipeline_dir = only_run_dir(tmp_path, "ran_synthetic")
     report = json.loads((pipeline_dir / "ran_report.json").read_text())
     rows = report["tables"]["verification"]
-    assert list(rows) == ["HR only (Model_HR)", "LR model (Model_LR)", "HR + MR-GAN faces, no gate", "RAN"]
+    assert list(rows) == ["HR only (Model_HR)", "Model_HR + 2 epochs on HR faces", "LR model (Model_LR)",
+                          "HR + MR-GAN faces, no gate", "RAN"]
     assert all(0 <= v <= 1 for row in rows.values() for v in row.values())
     assert set(report["mrgan"]) == {"val/fd_identity", "val/fd_identity_down", "val/identity_cos",
                                     "val/identity_cos_down"}
