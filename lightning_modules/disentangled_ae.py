@@ -56,7 +56,6 @@ import torch
 from torch import nn
 
 from lrface.inference import to_model_range
-from lrface.io import atomic_write_bytes
 from lrface.losses.disentangle import (
     DEFAULT_FEATURE_WEIGHTS,
     L_adv,
@@ -74,7 +73,7 @@ from lrface.losses.disentangle import (
 from lrface.mad_labels import DEFAULT_STYLE_ATTRIBUTES, mad_labels
 from lrface.nets.mad import FACTORS, Z_DIM, Disentangler, MADNet
 
-from .stylegan2 import image_grid_png
+from .sample_grids import write_sample_grid
 
 __all__ = ["PHASES", "DisentangledAEModule"]
 
@@ -336,18 +335,8 @@ class DisentangledAEModule(pl.LightningModule):
             self._write_grid(f"step_{self.global_step // max(self.steps_per_batch, 1):07d}")
 
     def _write_grid(self, name: str) -> None:
-        if not self.trainer.is_global_zero or self._grid is None:
-            return
-        nrow = self._grid.shape[0] // 3
-        png = image_grid_png(self._grid, nrow=nrow)
-        root = Path(self.trainer.default_root_dir)
-        atomic_write_bytes(root / "samples" / f"{name}.png", png)
-        atomic_write_bytes(root / "samples.png", png)
-        logger = self.logger
-        if logger is not None and hasattr(logger, "log_image"):
-            from torchvision.utils import make_grid
-
-            logger.log_image("mad_samples", [make_grid(self._grid, nrow=nrow, padding=2)], step=self.global_step)
+        if self._grid is not None:
+            write_sample_grid(self, self._grid, self._grid.shape[0] // 3, name, "mad_samples")
 
     # -- optimisers --------------------------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from lrface.metrics.frechet import frechet_distance
 from lrface.nets.mrgan import region_mask
 
 from .frozen_nets import FrozenNets
-from .stylegan2 import image_grid_png
+from .sample_grids import write_sample_grid
 
 __all__ = ["MRGANModule"]
 
@@ -241,18 +241,9 @@ class MRGANModule(FrozenNets, pl.LightningModule):
             self._write_grid(f"step_{self.global_step // 2:07d}")
 
     def _write_grid(self, name: str) -> None:
-        if not self.trainer.is_global_zero or self._grid is None:
-            return
-        ncol = self._grid.shape[0] // max(min(self.hparams.n_samples, self._grid.shape[0]), 1)
-        png = image_grid_png(self._grid, nrow=ncol)
-        root = Path(self.trainer.default_root_dir)
-        atomic_write_bytes(root / "samples" / f"{name}.png", png)
-        atomic_write_bytes(root / "samples.png", png)
-        logger = self.logger
-        if logger is not None and hasattr(logger, "log_image"):
-            from torchvision.utils import make_grid
-
-            logger.log_image("mrgan_samples", [make_grid(self._grid, nrow=ncol, padding=2)], step=self.global_step)
+        if self._grid is not None:
+            ncol = self._grid.shape[0] // max(min(self.hparams.n_samples, self._grid.shape[0]), 1)
+            write_sample_grid(self, self._grid, ncol, name, "mrgan_samples")
 
     # -- export ----------------------------------------------------------------------------------------------------
 
