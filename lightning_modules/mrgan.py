@@ -95,23 +95,20 @@ class MRGANModule(FrozenNets, pl.LightningModule):
 
     @property
     def identity_net(self) -> nn.Module | None:
-        """F, frozen, eval mode; loaded on first use and kept out of the checkpoint."""
+        """F behind :class:`lrface.weights.FaceFeatures` (images in [0, 1], resized to F's input size), frozen, eval
+        mode; loaded on first use and kept out of the checkpoint."""
         if self.identity_source is None:
             return None
         if "F" not in self._nets:
-            from lrface.weights import load_frozen_recognition
+            from lrface.weights import FaceFeatures, load_frozen_recognition
 
-            self._nets["F"] = load_frozen_recognition(self.identity_source)[0].to(self.device)
+            net = load_frozen_recognition(self.identity_source)[0]
+            self._nets["F"] = FaceFeatures(net, net.input_size).eval().to(self.device)
         return self._nets["F"]
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        """F on B×3×H×W images in [-1, 1], resized to F's input size (bilinear, antialiased when shrinking)."""
-        net = self.identity_net
-        size = getattr(net, "input_size", images.shape[-1])
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                                   antialias=images.shape[-1] > size)
-        return net(images).float()
+        """F on B×3×H×W images in [-1, 1] → B×D (fp32)."""
+        return self.identity_net((images + 1) / 2).float()
 
     def _adversarial(self, logits: dict[str, torch.Tensor],
                      fake_logits: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
