@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from datamodules.errors import check_on_corrupt, skip_collate
 
@@ -73,15 +73,49 @@ class FaceDataModule(pl.LightningDataModule):
         self.on_corrupt = check_on_corrupt(on_corrupt)
 
     def loader(self, dataset: Dataset, *, train: bool, batch_size: int | None = None,
-               collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
+               collate_fn: Callable[[list], Any] | None = None,
+               batch_sampler: Sampler[list[int]] | None = None) -> DataLoader:
+        """A DataLoader over ``dataset``: shuffled, fixed-size batches when ``train``, in order otherwise.
+
+        ``batch_sampler`` (e.g. :class:`~datamodules.identity_batches.IdentityBatchSampler`) replaces batch_size /
+        shuffle / drop_last; it must split the data across DDP ranks itself, and the Trainer must then run with
+        ``use_distributed_sampler=False`` (Lightning cannot inject a DistributedSampler into a foreign batch sampler).
+        """
+        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0, worker_init_fn=worker_init_fn,
+                      collate_fn=collate_fn or skip_collate)
+        if batch_sampler is not None:
+            return DataLoader(dataset, batch_sampler=EpochBatchSampler(batch_sampler), **common)
         return DataLoader(
             dataset,
             batch_size=batch_size or self.batch_size,
             shuffle=train,
             drop_last=train,  # margin heads and Partial FC want fixed batch shapes
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=worker_init_fn,
-            collate_fn=collate_fn or skip_collate,
+            **common,
         )
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Passes a batch sampler through unchanged while exposing it where Lightning looks for ``set_epoch``.
+
+    Lightning 2.6 (``lightning_fabric.utilities.data._set_sampler_epoch``, called by the fit loop at every epoch
+    start) calls ``set_epoch`` on ``loader.sampler`` and on ``loader.batch_sampler.sampler``, never on
+    ``loader.batch_sampler`` itself: a batch sampler handed straight to the DataLoader would repeat epoch 0's batches
+    in every epoch. Here it is ``batch_sampler.sampler``, so it is reached.
+
+    Args:
+        batch_sampler: yields lists of dataset indices; ``set_epoch(epoch)`` if it reshuffles per epoch.
+    """
+
+    def __init__(self, batch_sampler: Sampler[list[int]]):
+        self.sampler = batch_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)

@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from datamodules.base import FaceDataModule
 from datamodules.errors import CorruptLog, DataFormatError, check_on_corrupt, handle_corrupt
+from datamodules.identity_batches import IdentityBatchSampler
 from datamodules.image_io import read_image, to_tensor
 from datamodules.transforms import apply_transform, build_train_augment, resize_uint8, scale_points
 from lrface.align import arcface_template_np, estimate_similarity_np, transform_points_np, warp_np
@@ -391,20 +392,59 @@ class CelebADataModule(FaceDataModule):
         val_pairs: if > 0, validation yields this many CelebA-Same then as many CelebA-Diff pairs from ``valid``
             instead of single images; ``test_pairs`` likewise on ``test``.
         pair_seed: seed of the pair lists.
+        identity_batches: None for random training batches; ``{p, k, seed=0}`` for P×K batches (P identities × K
+            images, :class:`~datamodules.identity_batches.IdentityBatchSampler`; p·k must equal ``batch_size``), as
+            batch-hard triplet losses need (MAD, seed 003). The sampler splits each epoch's batches across DDP ranks
+            itself (world size / rank from the attached Trainer), so a distributed Trainer must run with
+            ``use_distributed_sampler=False`` (experiments/data/mad.yaml sets it); validation / test loaders are
+            the usual ones (with that setting every rank evaluates all of them).
         batch_size, num_workers, pin_memory, on_corrupt: see :class:`FaceDataModule`.
     """
 
     def __init__(self, root: str, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
                  on_corrupt: str = "error", image_size: int | None = None, align: bool | str = False,
                  train_transform: Callable | Mapping | None = None, val_pairs: int = 0, test_pairs: int = 0,
-                 pair_seed: int = 0):
+                 pair_seed: int = 0, identity_batches: Mapping | None = None):
         super().__init__(batch_size, num_workers, pin_memory, on_corrupt)
+        self.identity_batches = self._check_identity_batches(identity_batches, batch_size)
         self.root, self.image_size, self.align = root, image_size, align
         self.train_transform = (build_train_augment(**dict(train_transform)) if isinstance(train_transform, Mapping)
                                 else train_transform)
         self.val_pairs, self.test_pairs, self.pair_seed = val_pairs, test_pairs, pair_seed
         self.annotations: CelebAAnnotations | None = None
         self.train_set = self.val_set = self.test_set = None
+
+    @staticmethod
+    def _check_identity_batches(spec: Mapping | None, batch_size: int) -> dict | None:
+        if spec is None:
+            return None
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"identity_batches must be null or a mapping {{p, k, seed}}; got {spec!r}")
+        spec = dict(spec)
+        unknown = set(spec) - {"p", "k", "seed"}
+        missing = {"p", "k"} - set(spec)
+        if unknown or missing:
+            raise ValueError(f"identity_batches takes p, k and optionally seed; got {sorted(spec)}"
+                             + (f" (missing {sorted(missing)})" if missing else "")
+                             + (f" (unknown {sorted(unknown)})" if unknown else ""))
+        p, k, seed = int(spec["p"]), int(spec["k"]), int(spec.get("seed", 0))
+        if p * k != batch_size:
+            raise ValueError(f"identity_batches p·k = {p}·{k} = {p * k} must equal batch_size = {batch_size}")
+        return {"p": p, "k": k, "seed": seed}
+
+    def _replicas(self) -> tuple[int, int]:
+        """(num_replicas, rank) of the attached Trainer; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        world, rank = int(trainer.world_size), int(trainer.global_rank)
+        # Lightning would try to put a DistributedSampler inside the batch sampler and fail with a TypeError that
+        # does not name our config key; the setting lives on a private connector (no public accessor in 2.6)
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if world > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise ValueError(f"identity_batches under {world}-process DDP: the batch sampler splits the data across "
+                             "ranks itself; set trainer.use_distributed_sampler=false (experiments/data/mad.yaml)")
+        return world, rank
 
     def _split(self, split: str, transform=None) -> CelebADataset:
         return CelebADataset(self.root, split, transform=transform, image_size=self.image_size, align=self.align,
@@ -440,7 +480,12 @@ class CelebADataModule(FaceDataModule):
         return self.train_set.attribute_frequencies()
 
     def train_dataloader(self):
-        return self.loader(self.train_set, train=True)
+        if self.identity_batches is None:
+            return self.loader(self.train_set, train=True)
+        num_replicas, rank = self._replicas()
+        sampler = IdentityBatchSampler(self.train_set.identities, num_replicas=num_replicas, rank=rank,
+                                       **self.identity_batches)
+        return self.loader(self.train_set, train=True, batch_sampler=sampler)
 
     def val_dataloader(self):
         return self.loader(self.val_set, train=False)
