@@ -38,9 +38,9 @@ Under DDP all six networks live in one wrapped module and each backward reaches 
 ``strategy: ddp_find_unused_parameters_true`` (``experiments/trainer/gan_ddp.yaml``). Frozen networks have
 requires_grad False before the wrapper is built, so the reducer ignores them.
 
-Validation (CelebA's ``valid`` split): the reconstruction RMSE of the paper's Table 1 — per image
-sqrt(mean((x − x̂)²)) over pixels and channels on [0, 1] images scaled to 0..255, averaged over images —
-as ``val/rmse`` (the checkpoint monitor), the L1 on [-1, 1] as ``val/l1``, and a grid PNG (rows: inputs |
+Validation (CelebA's ``valid`` split, or the first faces of MS1M's ``.bin`` pairs): the reconstruction RMSE of the
+paper's Table 1 — per image sqrt(mean((x − x̂)²)) over pixels and channels on [0, 1] images scaled to 0..255,
+averaged over images — as ``val/rmse`` (the checkpoint monitor), the L1 on [-1, 1] as ``val/l1``, and a grid PNG (rows: inputs |
 reconstructions | P(z) of fixed prior samples) in ``samples/step_<batches>.png`` and ``samples.png``.
 
 Checkpoints hold ``net.*`` only (the six networks; the prior samples of the grid are regenerated from a seed).
@@ -316,8 +316,9 @@ class DisentangledAEModule(pl.LightningModule):
         self._grid = None
 
     @torch.no_grad()
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        images = batch["image"].float()
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        # single faces (CelebA) or the first faces of verification pairs (MS1M's .bin sets)
+        images = (batch["image"] if "image" in batch else batch["image1"]).float()
         x_hat = self.net.decode(self.net.encode(to_model_range(images)))
         recon = ((x_hat + 1) / 2).clamp(0, 1)
         rmse = ((recon - images) * 255.0).pow(2).flatten(1).mean(1).sqrt()

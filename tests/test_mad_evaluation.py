@@ -221,3 +221,42 @@ def test_mad_synthetic_pipeline_writes_both_tables_and_the_figures(tiny_world: P
     for name in ("mad_tsne.png", "mad_interpolations_0.png", "mad_samples.png", "mad_reconstructions_disentangled.png"):
         assert (steps["C_J"] / name).stat().st_size > 500, name
     assert not (steps["ae_C"] / "mad_tsne.png").exists()  # E is untrained after phase ae: no factor figures
+
+
+def test_evaluation_callback_logs_numbers_and_figures(tiny_world: Path, tmp_path: Path) -> None:
+    """on_fit_end of a disentanglement run: mad_evaluation.json / .md, every figure, and the same numbers and PNGs
+    handed to the loggers (W&B's log_metrics / log_image)."""
+    from types import SimpleNamespace
+
+    from lrface.config import compose, instantiate
+    from tests.conftest import smoke_overrides
+
+    cfg = compose("mad_phase_synthetic", smoke_overrides("mad_phase_synthetic", tiny_world, tmp_path)
+                  + ["module.phase=joint"])
+    module = instantiate(cfg.module)
+    callback = instantiate(cfg.callbacks.mad_evaluation)
+
+    class Recorder:
+        metrics: dict = {}
+        images: dict = {}
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.update(metrics)
+
+        def log_image(self, key, images):
+            self.images[key] = images
+
+    recorder = Recorder()
+    trainer = SimpleNamespace(is_global_zero=True, interrupted=False, default_root_dir=str(tmp_path),
+                              loggers=[recorder], global_step=7)
+    module.train()
+    callback.on_fit_end(trainer, module)
+    assert module.training  # the module is handed back in its training mode
+    saved = json.loads((tmp_path / "mad_evaluation.json").read_text())
+    assert set(saved["results"]) == {"reconstruction", "random_samples", "verification@lfw", "verification@cfp_fp",
+                                     "verification@agedb_30", "verification@average", "expression_probe"}
+    assert 0 < recorder.metrics["mad/reconstruction/rmse_test"] < 255
+    assert recorder.metrics["mad/verification@average/identity"] == saved["results"]["verification@average"]["identity"]
+    assert set(recorder.images) == {f"mad/{name}" for name in saved["figures"]}
+    assert {"mad/mad_tsne", "mad/mad_interpolations_0", "mad/mad_samples"} <= set(recorder.images)
+    assert "## expression_probe" in (tmp_path / "mad_evaluation.md").read_text()
