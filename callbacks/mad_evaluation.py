@@ -168,11 +168,13 @@ class MADEvaluation(pl.Callback):
 
             per_bin = {}
             for path in self.bins:
+                codes: list[tuple[dict, dict]] = []
                 pairs = VerificationPairs(path, image_size=112)
-                batch = next(iter(DataLoader(pairs, batch_size=len(pairs), shuffle=False)))
-                c1 = embed(net, resize_to(batch["image1"], net.input_size), self.batch_size)
-                c2 = embed(net, resize_to(batch["image2"], net.input_size), self.batch_size)
-                per_bin[path.stem] = factor_verification(c1, c2, batch["issame"].numpy())
+                for batch in DataLoader(pairs, batch_size=self.batch_size, shuffle=False):
+                    codes.append((embed(net, batch["image1"], self.batch_size),
+                                  embed(net, batch["image2"], self.batch_size)))
+                c1, c2 = ({k: torch.cat([c[side][k] for c in codes]) for k in codes[0][side]} for side in (0, 1))
+                per_bin[path.stem] = factor_verification(c1, c2, pairs.issame)
                 results[f"verification@{path.stem}"] = per_bin[path.stem]
             keys = next(iter(per_bin.values())).keys()
             results["verification@average"] = {k: float(np.mean([m[k] for m in per_bin.values()])) for k in keys}
