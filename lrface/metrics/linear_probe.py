@@ -23,21 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lrface.metrics.tsne import finite_matrix as _features
 from lrface.metrics.verification import roc_auc
 
 __all__ = ["fit_softmax_probe", "linear_probe_auc"]
-
-
-def _features(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().to(torch.float64).numpy()
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be an N×D array; got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{name} must be finite; found {a[tuple(bad)]} at row {bad[0]}, column {bad[1]}")
-    return a
 
 
 def _labels(y, n: int, name: str) -> np.ndarray:

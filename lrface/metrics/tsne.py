@@ -32,13 +32,15 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["conditional_probabilities", "initial_embedding", "joint_probabilities", "kl_divergence", "pca", "tsne"]
+__all__ = ["conditional_probabilities", "finite_matrix", "initial_embedding", "joint_probabilities", "kl_divergence",
+           "pca", "tsne"]
 
 _EPS = 1e-12
 _BLOCK = 256
 
 
-def _as_float64(x, name: str = "x") -> np.ndarray:
+def finite_matrix(x, name: str = "x") -> np.ndarray:
+    """x (array or tensor) as an N×D float64 array; raises naming the first non-finite entry or a wrong shape."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().to(torch.float64).numpy()
     a = np.asarray(x, dtype=np.float64)
@@ -60,7 +62,7 @@ def pca(x, n_components: int) -> np.ndarray:
     Returns:
         N×n_components float64 scores, columns in decreasing variance.
     """
-    a = _as_float64(x)
+    a = finite_matrix(x)
     a = a - a.mean(axis=0, keepdims=True)
     k = min(n_components, *a.shape)
     u, s, _ = np.linalg.svd(a, full_matrices=False)
@@ -149,7 +151,7 @@ def joint_probabilities(x, perplexity: float = 30.0, pca_dims: int | None = 50) 
     Returns:
         N×N float64, symmetric, zero diagonal, summing to 1.
     """
-    a = _as_float64(x)
+    a = finite_matrix(x)
     n = a.shape[0]
     if n < 4:
         raise ValueError(f"t-SNE needs at least 4 points; got N = {n}")
@@ -181,7 +183,7 @@ def kl_divergence(P, Y) -> float:
         The divergence in nats.
     """
     p = np.asarray(P, dtype=np.float64)
-    y = _as_float64(Y, "Y")
+    y = finite_matrix(Y, "Y")
     num = 1.0 / (1.0 + _squared_distances(y))
     np.fill_diagonal(num, 0.0)
     q = np.maximum(num / num.sum(), _EPS)
@@ -267,7 +269,7 @@ def tsne(
     if dims < 1:
         raise ValueError(f"dims must be ≥ 1; got {dims}")
     if learning_rate == "auto":
-        n = _as_float64(x).shape[0]
+        n = finite_matrix(x).shape[0]
         eta = max(n / early_exaggeration / 4.0, 50.0)
     elif isinstance(learning_rate, (int, float)) and learning_rate > 0:
         eta = float(learning_rate)
