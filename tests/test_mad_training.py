@@ -200,3 +200,22 @@ def test_validation_rmse_and_grid(tiny_world, tmp_path):
     (png,) = (tmp_path / "samples").glob("step_*.png")
     # 3 rows (inputs | reconstructions | P(z)) of n_samples = 4 faces at 32 px with 2 px gaps
     assert Image.open(png).size == (4 * 34 + 2, 3 * 34 + 2)
+
+
+def test_cycle_passes_leave_running_statistics_alone():
+    """The cycle / augmentation passes normalise with their own batch statistics but never update Q's and P's
+    running statistics (they describe real faces); outside the context BatchNorm updates as usual."""
+    from lightning_modules.disentangled_ae import running_stats_frozen
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    bn = net[1]
+    x = torch.randn(8, 3, 6, 6) * 3 + 1
+    mean, var, tracked = bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()
+    with running_stats_frozen(net):
+        y = net(x)
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    assert torch.equal(bn.num_batches_tracked, tracked) and bn.momentum == 0.1
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)  # batch statistics used
+    net(x)
+    assert not torch.equal(bn.running_mean, mean)
