@@ -13,7 +13,9 @@ same for every run of an experiment, so runs (rows A–F, S / J) are compared on
   ``verification@<bin>`` and ``verification@average`` — 10-fold accuracy from f_id (``identity``), f_¬id
   (``not_identity``) and z; ``expression_probe`` — the linear-probe expression AUC (4 CelebA expression classes,
   :func:`lrface.mad_labels.expression_labels`) from f_e (``expression_auc``) and f_¬e (``not_expression_auc``),
-  fitted on ``n_probe_train`` train faces, scored on ``n_probe_test`` test faces.
+  fitted on ``n_probe_train`` train faces, scored on ``n_probe_test`` test faces; also from z (``z_auc``: what the
+  autoencoder's code holds at all) and from the faces' 16×16 pixels (``pixels16_auc``: what is linearly readable
+  from the images themselves).
 
 Figures: ``mad_samples.png`` (random faces, Fig. 2), ``mad_inputs.png`` / ``mad_reconstructions.png`` (one strip
 each of the same ``n_figure`` test faces; the pipeline report stacks the strips of several runs into Fig. 3's
@@ -48,6 +50,8 @@ from lrface.mad_evaluation import (
 )
 from lrface.mad_figures import interpolation_grid, png_of, tsne_figure
 from lrface.mad_labels import expression_labels
+from lrface.metrics.frechet import pixel_features
+from lrface.metrics.linear_probe import linear_probe_auc
 from lrface.nets.mad import Z_DIM, MADNet
 
 __all__ = ["EXPRESSION_NAMES", "MADEvaluation", "evaluation_markdown"]
@@ -180,9 +184,13 @@ class MADEvaluation(pl.Callback):
             results["verification@average"] = {k: float(np.mean([m[k] for m in per_bin.values()])) for k in keys}
         tr = _load(train, _pick(len(train), self.n_probe_train, rng), self.batch_size)
         te = _load(test, _pick(len(test), self.n_probe_test, rng), self.batch_size)
-        probe = factor_probe_auc(embed(net, tr["image"], self.batch_size), expression_labels(tr["attributes"]),
-                                 embed(net, te["image"], self.batch_size), expression_labels(te["attributes"]),
-                                 seed=self.seed)
+        y_tr, y_te = expression_labels(tr["attributes"]), expression_labels(te["attributes"])
+        probe = factor_probe_auc(embed(net, tr["image"], self.batch_size), y_tr, embed(net, te["image"],
+                                 self.batch_size), y_te, views=("expression", "not_expression", "z"), seed=self.seed)
+        # what a linear probe reads from the faces themselves: the ceiling the autoencoder's code is measured against
+        probe["pixels16"] = linear_probe_auc(pixel_features(resize_to(tr["image"], net.input_size), 16).numpy(),
+                                             y_tr.numpy(), pixel_features(resize_to(te["image"], net.input_size),
+                                                                          16).numpy(), y_te.numpy(), seed=self.seed)
         results["expression_probe"] = {f"{view}_{k}": float(probe[view][k]) for view in probe
                                        for k in ("auc", "accuracy")}
         return results

@@ -17,6 +17,8 @@
     lrface covariate-protocol --celeba ROOT [--simulate-scales 0.2 1] [--weights W] [--protocol-out p.npz]
                                                          RAN's TinyFace-style 1:1 covariate protocol (TAR@FAR)
     lrface mrgan-samples --weights mrgan_generator.pt --images DIR --out grid.png   Fig. 4-style MR-GAN grid
+    lrface mad-evaluate RUN [key=value ...]              MAD's evaluation of a finished run again (its config, its
+                                                         last.ckpt), e.g. after changing callbacks.mad_evaluation
     lrface judge-generator --generator G --features F.ckpt --celeba ROOT [--fairface ROOT] --out report
 
 ``--weights`` takes an official insightface ``backbone.pth``, a DDP-saved state_dict or one of our Lightning
@@ -158,6 +160,36 @@ def _cmd_covariate(args: argparse.Namespace) -> int:
                                                  batch_size=args.batch_size, device=args.device)
     evaluation = importlib.import_module("callbacks.evaluation")
     return _print_results("covariate-protocol", {"tinyface_covariate": metrics}, evaluation.to_markdown, args.out)
+
+
+def _cmd_mad_evaluate(args: argparse.Namespace) -> int:
+    """Re-run a MAD run's end-of-fit evaluation from its ``config.yaml`` and ``checkpoints/last.ckpt`` (the overrides
+    apply to that config), writing ``mad_evaluation.json`` / ``.md`` and the figures into the run directory again."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from lrface.config import instantiate
+
+    run = Path(args.run)
+    config, ckpt = run / "config.yaml", run / "checkpoints" / "last.ckpt"
+    for path in (config, ckpt):
+        if not path.is_file():
+            print(f"lrface mad-evaluate: {path} not found (expected a finished DisentangledAEModule run directory)",
+                  file=sys.stderr)
+            return 2
+    cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(list(args.overrides)))
+    if "mad_evaluation" not in (cfg.get("callbacks") or {}):
+        print(f"lrface mad-evaluate: {config} has no callbacks.mad_evaluation", file=sys.stderr)
+        return 2
+    cfg.module.init = None
+    module = instantiate(cfg.module)
+    module.load_net(ckpt)
+    callback = instantiate(cfg.callbacks.mad_evaluation)
+    results = callback.evaluate(module.net.to(args.device).eval(), module.hparams.phase != "ae", run)
+    evaluation = importlib.import_module("callbacks.mad_evaluation")
+    print(evaluation.evaluation_markdown(results, f"MAD evaluation of {run}"))
+    return 0
 
 
 def _cmd_mrgan_samples(args: argparse.Namespace) -> int:
@@ -392,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output PNG")
     p.set_defaults(func=_cmd_mrgan_samples)
+
+    p = sub.add_parser("mad-evaluate", help="MAD's end-of-fit evaluation of a finished run again (its config and "
+                       "last.ckpt)")
+    p.add_argument("run", help="runs/<mad experiment>/<run>")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the run's config (e.g. "
+                   "callbacks.mad_evaluation.n_tsne=1000)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_mad_evaluate)
 
     p = sub.add_parser("export-generator", help="g_ema of a stylegan2 training checkpoint → a generator .pt")
     p.add_argument("checkpoint", help="runs/<name>/<run>/checkpoints/*.ckpt of a StyleGAN2Module run")

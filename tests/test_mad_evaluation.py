@@ -260,3 +260,27 @@ def test_evaluation_callback_logs_numbers_and_figures(tiny_world: Path, tmp_path
     assert set(recorder.images) == {f"mad/{name}" for name in saved["figures"]}
     assert {"mad/mad_tsne", "mad/mad_interpolations_0", "mad/mad_samples"} <= set(recorder.images)
     assert "## expression_probe" in (tmp_path / "mad_evaluation.md").read_text()
+
+
+def test_cli_mad_evaluate_reruns_a_finished_run(tiny_world: Path, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from lightning_modules.runner import run
+    from lrface.cli import main
+    from lrface.config import compose
+    from tests.conftest import smoke_overrides
+    from tests.helpers import only_run_dir
+
+    run(compose("mad_phase_synthetic", smoke_overrides("mad_phase_synthetic", tiny_world, tmp_path)
+                + ["module.phase=joint", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                   "trainer.limit_val_batches=1"]))
+    run_dir = only_run_dir(tmp_path, "mad_phase_synthetic")
+    first = json.loads((run_dir / "mad_evaluation.json").read_text())["results"]
+    assert {"z_auc", "pixels16_auc", "expression_auc", "not_expression_auc"} <= set(first["expression_probe"])
+    width = Image.open(run_dir / "mad_inputs.png").size[0]
+    assert main(["mad-evaluate", str(run_dir), "callbacks.mad_evaluation.n_figure=3"]) == 0
+    again = json.loads((run_dir / "mad_evaluation.json").read_text())["results"]
+    assert again["reconstruction"] == first["reconstruction"]  # same weights, same faces: same numbers
+    assert Image.open(run_dir / "mad_inputs.png").size[0] == 3 * (width - 2) // 4 + 2  # 3 faces instead of 4
+    assert "## verification@average" in capsys.readouterr().out
+    assert main(["mad-evaluate", str(tmp_path / "nowhere")]) == 2
