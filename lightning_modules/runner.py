@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.atomic_checkpoint import AtomicCheckpointIO, atomic_write_text
+from callbacks.final_checkpoint import FinalCheckpoint
 from callbacks.history import RunHistory, scalar_metrics
 from callbacks.throughput import ThroughputMonitor
 from lrface.config import instantiate
@@ -157,6 +158,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callb
             every_n_train_steps=ck.every_n_train_steps,
             auto_insert_metric_name=False,
         ),
+        FinalCheckpoint(run_dir / "checkpoints" / "last.ckpt"),
         ThroughputMonitor(),
         RunHistory(run_dir / "history.jsonl"),
     ]

@@ -83,3 +83,18 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch) ->
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_last_checkpoint_holds_the_final_weights_after_a_mid_interval_end(tiny_world: Path, tmp_path: Path) -> None:
+    """Validation every 4 batches, training stops after 6: last.ckpt must be step 6's weights (what the end-of-fit
+    evaluation measured and what a pipeline's next step loads), not step 4's."""
+    from lightning_modules.runner import run
+    from lrface.config import compose
+
+    overrides = smoke_overrides("arcface_synthetic", tiny_world, tmp_path) + [
+        "trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.val_check_interval=4",
+        "trainer.limit_val_batches=1", "data.batch_size=8"]
+    run(compose("arcface_synthetic", overrides))
+    run_dir = only_run_dir(tmp_path, "arcface_synthetic")
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert state["global_step"] == results(run_dir)["trainer/global_step"] == 6
