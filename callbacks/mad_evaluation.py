@@ -26,7 +26,6 @@ coloured by expression, f_id / f_¬id by identity, for the ``tsne_identities`` t
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from callbacks.atomic_checkpoint import atomic_write_text
+from callbacks.evaluation import to_markdown
 from datamodules.errors import skip_collate
-from lrface.io import atomic_write_bytes
+from lrface.io import atomic_write_bytes, image_grid_png
 from lrface.mad_evaluation import (
     embed,
     factor_probe_auc,
@@ -48,13 +48,13 @@ from lrface.mad_evaluation import (
     reconstruction_rmse,
     resize_to,
 )
-from lrface.mad_figures import interpolation_grid, png_of, tsne_figure
+from lrface.mad_figures import interpolation_grid, tsne_figure
 from lrface.mad_labels import expression_labels
 from lrface.metrics.frechet import pixel_features
 from lrface.metrics.linear_probe import linear_probe_auc
 from lrface.nets.mad import Z_DIM, MADNet
 
-__all__ = ["EXPRESSION_NAMES", "MADEvaluation", "evaluation_markdown"]
+__all__ = ["EXPRESSION_NAMES", "MADEvaluation"]
 
 EXPRESSION_NAMES = {0: "neutral, closed", 1: "neutral, open", 2: "smile, closed", 3: "smile, open"}
 
@@ -72,16 +72,6 @@ def _load(dataset, indices: np.ndarray, batch_size: int) -> dict[str, torch.Tens
 
 def _pick(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n_total, size=min(n, n_total), replace=False))
-
-
-def evaluation_markdown(results: dict[str, dict[str, float]], title: str = "MAD evaluation") -> str:
-    lines = [f"# {title}", ""]
-    for name, metrics in results.items():
-        lines += [f"## {name}", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) and math.isfinite(v) else f"| {k} | {v} |"
-                  for k, v in metrics.items()]
-        lines.append("")
-    return "\n".join(lines)
 
 
 class MADEvaluation(pl.Callback):
@@ -162,7 +152,7 @@ class MADEvaluation(pl.Callback):
         self.results = results
         atomic_write_text(out_dir / "mad_evaluation.json", json.dumps(
             {"results": results, "figures": {k: p.name for k, p in self.figures.items()}}, indent=2) + "\n")
-        atomic_write_text(out_dir / "mad_evaluation.md", evaluation_markdown(results))
+        atomic_write_text(out_dir / "mad_evaluation.md", to_markdown(results))
         return results
 
     def _factor_results(self, net: MADNet, train, test, rng: np.random.Generator) -> dict[str, dict[str, float]]:
@@ -212,7 +202,7 @@ class MADEvaluation(pl.Callback):
         for name, images in strips.items():
             nrow = 8 if name == "mad_samples" else len(images)
             path = out_dir / f"{name}.png"
-            atomic_write_bytes(path, png_of(images.clamp(0, 1).cpu(), nrow=nrow))
+            atomic_write_bytes(path, image_grid_png(images, nrow=nrow))
             figures[name] = path
         return figures
 
@@ -246,7 +236,7 @@ class MADEvaluation(pl.Callback):
             pair = resize_to(pair, net.input_size)
             grid = interpolation_grid(net, pair[0], pair[1], self.interpolation_steps)
             path = out_dir / f"mad_interpolations_{k}.png"
-            atomic_write_bytes(path, png_of(grid, nrow=self.interpolation_steps + 2))
+            atomic_write_bytes(path, image_grid_png(grid, nrow=self.interpolation_steps + 2))
             figures[f"mad_interpolations_{k}"] = path
         return figures
 

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from lrface.io import atomic_write_bytes
-
-from .stylegan2 import image_grid_png
+from lrface.io import atomic_write_bytes, image_grid_png
 
 __all__ = ["write_sample_grid"]
 

@@ -36,21 +36,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lrface.io import atomic_write_bytes
+from lrface.io import atomic_write_bytes, image_grid_png
 from lrface.losses.gan import d_logistic_loss, d_r1_penalty, g_nonsaturating_loss, path_length_penalty
 from lrface.metrics.frechet import frechet_distance, pixel_features
-
-
-def image_grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:
-    """B×3×H×W in [0, 1] → PNG bytes of a grid with 2-pixel gaps."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8")
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class StyleGAN2Module(pl.LightningModule):

@@ -187,8 +187,8 @@ def _cmd_mad_evaluate(args: argparse.Namespace) -> int:
     module.load_net(ckpt)
     callback = instantiate(cfg.callbacks.mad_evaluation)
     results = callback.evaluate(module.net.to(args.device).eval(), module.hparams.phase != "ae", run)
-    evaluation = importlib.import_module("callbacks.mad_evaluation")
-    print(evaluation.evaluation_markdown(results, f"MAD evaluation of {run}"))
+    evaluation = importlib.import_module("callbacks.evaluation")
+    print(f"MAD evaluation of {run}\n\n" + evaluation.to_markdown(results))
     return 0
 
 
@@ -199,7 +199,7 @@ def _cmd_mrgan_samples(args: argparse.Namespace) -> int:
     from lrface.weights import load_mrgan_generator
 
     evaluation = importlib.import_module("callbacks.evaluation")
-    grid_png = importlib.import_module("lightning_modules.stylegan2").image_grid_png
+    from lrface.io import image_grid_png as grid_png
     generator = load_mrgan_generator(args.weights).to(args.device)
     from pathlib import Path
 

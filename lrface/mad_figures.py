@@ -21,7 +21,7 @@ from lrface.inference import to_model_range
 from lrface.io import atomic_write_bytes
 from lrface.nets.mad import FACTORS, NORMALISED_FACTORS, Disentangler, MADNet
 
-__all__ = ["INTERPOLATION_ROWS", "interpolation_codes", "interpolation_grid", "png_of", "slerp", "stack_strips",
+__all__ = ["INTERPOLATION_ROWS", "interpolation_codes", "interpolation_grid", "slerp", "stack_strips",
            "tsne_figure"]
 
 INTERPOLATION_ROWS = (*FACTORS, *(f"all but {name}" for name in FACTORS), "all")
@@ -76,18 +76,6 @@ def interpolation_grid(net: MADNet, x_a: torch.Tensor, x_b: torch.Tensor, steps:
         decoded = ((net.decode(net.reentangle(codes.to(device))) + 1) / 2).clamp(0, 1).cpu()
         tiles += [x_a.cpu(), *decoded, x_b.cpu()]
     return torch.stack(tiles)
-
-
-def png_of(images: torch.Tensor, nrow: int) -> bytes:
-    """N×3×H×W in [0, 1] → PNG bytes of a grid with 2-pixel white gaps (``nrow`` images per row)."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8")
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def stack_strips(paths: Sequence[str | Path], out: str | Path) -> Path:

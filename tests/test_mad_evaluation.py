@@ -259,7 +259,7 @@ def test_evaluation_callback_logs_numbers_and_figures(tiny_world: Path, tmp_path
     assert recorder.metrics["mad/verification@average/identity"] == saved["results"]["verification@average"]["identity"]
     assert set(recorder.images) == {f"mad/{name}" for name in saved["figures"]}
     assert {"mad/mad_tsne", "mad/mad_interpolations_0", "mad/mad_samples"} <= set(recorder.images)
-    assert "## expression_probe" in (tmp_path / "mad_evaluation.md").read_text()
+    assert "| expression_probe | z_auc |" in (tmp_path / "mad_evaluation.md").read_text()
 
 
 def test_cli_mad_evaluate_reruns_a_finished_run(tiny_world: Path, tmp_path: Path, capsys) -> None:
@@ -282,5 +282,5 @@ def test_cli_mad_evaluate_reruns_a_finished_run(tiny_world: Path, tmp_path: Path
     again = json.loads((run_dir / "mad_evaluation.json").read_text())["results"]
     assert again["reconstruction"] == first["reconstruction"]  # same weights, same faces: same numbers
     assert Image.open(run_dir / "mad_inputs.png").size[0] == 3 * (width - 2) // 4 + 2  # 3 faces instead of 4
-    assert "## verification@average" in capsys.readouterr().out
+    assert "| verification@average | identity |" in capsys.readouterr().out
     assert main(["mad-evaluate", str(tmp_path / "nowhere")]) == 2
