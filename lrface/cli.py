@@ -7,6 +7,7 @@
     lrface data synth [--root R --scale S --seed N]      write the synthetic face world in the real formats
     lrface data pack SRC DST                             image folder → InsightFace train.rec/.idx/property
     lrface weights mtcnn [--dest DIR]                    MTCNN weights out of the facenet-pytorch wheel
+    lrface weights real-photos [--dest DIR]              7 real photos out of the face-recognition sdist
     lrface embed --backbone r50 --weights W (--images DIR | --bin lfw.bin) --out emb.npy
     lrface evaluate --backbone r50 --weights W [--bin a.bin ...] [--survface ROOT] [--out results.json]
     lrface evaluate-multires --weights W [--branch 7=model_7.pt ...] [--bin ...] [--survface ROOT] [--out r.json]
@@ -86,9 +87,12 @@ def _cmd_data(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from lrface.weights import fetch_mtcnn_weights
+    from lrface.weights import fetch_mtcnn_weights, fetch_real_photos
 
-    print(fetch_mtcnn_weights(args.dest, wheel=args.wheel))
+    if args.what == "real-photos":
+        print(fetch_real_photos(args.dest or "data/real_photos", sdist=args.wheel))
+    else:
+        print(fetch_mtcnn_weights(args.dest or "weights/mtcnn", wheel=args.wheel))
     return 0
 
 
@@ -366,9 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("weights", help="fetch the pretrained parts registry packages ship")
-    p.add_argument("what", choices=["mtcnn"])
-    p.add_argument("--dest", default="weights/mtcnn")
-    p.add_argument("--wheel", default=None, help="a local facenet_pytorch-*.whl instead of downloading it")
+    p.add_argument("what", choices=["mtcnn", "real-photos"])
+    p.add_argument("--dest", default=None, help="default weights/mtcnn, data/real_photos")
+    p.add_argument("--wheel", default=None, help="a local facenet_pytorch-*.whl (mtcnn) or "
+                   "face_recognition-1.3.0.tar.gz (real-photos) instead of downloading it")
     p.set_defaults(func=_cmd_weights)
 
     p = sub.add_parser("embed", help="flip-sum embeddings of an image folder or a .bin set")

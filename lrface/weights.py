@@ -2,12 +2,15 @@
 
 MTCNN's weights come from the ``facenet-pytorch`` wheel on PyPI. That package pins torch<2.3, so it is never
 installed: the wheel is downloaded with ``pip download --no-deps`` and the three ``.pt`` files are read out of the zip.
+Real photos for the package judges come the same way out of the ``face-recognition`` sdist (:func:`fetch_real_photos`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -21,6 +24,11 @@ from lrface.inference import to_model_range
 
 MTCNN_WHEEL = "facenet-pytorch==2.6.0"
 MTCNN_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+REAL_PHOTOS_SDIST = "face-recognition==1.3.0"
+# The sdist's tests/test_images/ and who is in them (32bit.png is obama2.jpg saved as a 32-bit RGBA PNG).
+REAL_PHOTOS = {"obama.jpg": "Barack Obama", "obama2.jpg": "Barack Obama", "obama3.jpg": "Barack Obama",
+               "obama_partial_face.jpg": "Barack Obama", "obama_partial_face2.jpg": "Barack Obama",
+               "32bit.png": "Barack Obama", "biden.jpg": "Joe Biden"}
 
 
 def fetch_mtcnn_weights(dest: str | os.PathLike = "weights/mtcnn", wheel: str | os.PathLike | None = None) -> Path:
@@ -52,6 +60,52 @@ def fetch_mtcnn_weights(dest: str | os.PathLike = "weights/mtcnn", wheel: str | 
                 part = dest / f".{name}.part"
                 part.write_bytes(data)
                 os.replace(part, dest / name)
+    return dest
+
+
+def fetch_real_photos(dest: str | os.PathLike = "data/real_photos", sdist: str | os.PathLike | None = None) -> Path:
+    """Extracts the 7 real photos of ``face_recognition-1.3.0/tests/test_images/`` (6 of Barack Obama, 1 of Joe Biden;
+    official White House photographs, shipped in Adam Geitgey's MIT-licensed ``face-recognition`` sdist) into ``dest``
+    and writes ``dest/PROVENANCE.txt`` (source, licence, identity and sha256 of every file).
+
+    Args:
+        dest: output directory; when PROVENANCE.txt is already there nothing is done.
+        sdist: a local ``face_recognition-1.3.0.tar.gz``; by default it is downloaded from the package index with
+            ``pip download --no-deps --no-binary :all:``.
+    """
+    dest = Path(dest)
+    if (dest / "PROVENANCE.txt").is_file() and all((dest / f).is_file() for f in REAL_PHOTOS):
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if sdist is None:
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                   REAL_PHOTOS_SDIST, "-d", tmp]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            found = sorted(Path(tmp).glob("face_recognition-*.tar.gz"))
+            if done.returncode != 0 or not found:
+                raise RuntimeError(f"could not download the {REAL_PHOTOS_SDIST} sdist (needs the package index): "
+                                   f"{done.stderr[-2000:]}")
+            sdist = found[0]
+        lines = [f"Real photos extracted from tests/test_images/ of the {REAL_PHOTOS_SDIST} source distribution",
+                 f"(PyPI: pip download --no-deps --no-binary :all: {REAL_PHOTOS_SDIST}; file {Path(sdist).name}).",
+                 "face_recognition is (c) 2017 Adam Geitgey, MIT License; the photos are official White House",
+                 "photographs (their EXIF credits the White House). Used only as test images; never committed.",
+                 "", "file\tidentity\tsha256"]
+        with tarfile.open(sdist, "r:gz") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers()
+                       if m.isfile() and Path(m.name).parent.as_posix().endswith("tests/test_images")}
+            for name, who in REAL_PHOTOS.items():
+                if name not in members:
+                    raise RuntimeError(f"{sdist}: no tests/test_images/{name} in the sdist")
+                data = tar.extractfile(members[name]).read()
+                part = dest / f".{name}.part"
+                part.write_bytes(data)
+                os.replace(part, dest / name)
+                lines.append(f"{name}\t{who}\t{hashlib.sha256(data).hexdigest()}")
+        part = dest / ".PROVENANCE.txt.part"
+        part.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(part, dest / "PROVENANCE.txt")
     return dest
 
 
