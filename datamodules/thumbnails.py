@@ -24,11 +24,12 @@ from datamodules.base import FaceDataModule
 from datamodules.celeba import CelebADataset
 from datamodules.errors import CorruptLog, DataFormatError, check_on_corrupt, handle_corrupt
 from datamodules.image_io import to_tensor
-from lrface.align import ffhq_template
+from lrface.align import arcface_template, ffhq_template
 from lrface.losses.pulse import BicubicDownsample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 SOURCES = ("folder", "celeba")
+TEMPLATES = ("ffhq", "arcface")  # the generator's framing: StyleGAN's FFHQ, or ArcFace's (the DigiFace-1M DCGAN)
 DEFAULT_HR_SIZE = 1024  # PULSE's (FFHQ) resolution
 
 
@@ -67,13 +68,14 @@ class FolderThumbnails(Dataset):
         mtcnn_weights: folder with MTCNN's pnet/rnet/onet ``.pt``; None → no detection (images resized as is).
         limit: keep only the first ``limit`` files (sorted order).
         on_corrupt: ``"error"`` | ``"skip"``.
+        template: ``"ffhq"`` | ``"arcface"``: the five-point template faces are aligned to (MTCNN path only).
 
     Items: ``image`` (3×size×size float in [0, 1]), ``name``, ``index``, ``source`` (file path), ``detected``
     (bool: MTCNN found and aligned a face).
     """
 
     def __init__(self, root: str | Path, size: int, hr_size: int = DEFAULT_HR_SIZE, mtcnn_weights: str | None = None,
-                 limit: int | None = None, on_corrupt: str = "error"):
+                 limit: int | None = None, on_corrupt: str = "error", template: str = "ffhq"):
         root = Path(root)
         if root.is_file():
             files, base = [root], root.parent
@@ -87,6 +89,7 @@ class FolderThumbnails(Dataset):
         self.files = files[:limit] if limit is not None else files
         self.names = _unique_names(self.files, base)
         self.size, self.hr_size, self.mtcnn_weights = int(size), int(hr_size), mtcnn_weights
+        self.template = _check_template(template)
         self.on_corrupt = check_on_corrupt(on_corrupt)
         self.corrupt_log = CorruptLog("thumbnails/folder")
         self._mtcnn = None
@@ -118,8 +121,8 @@ class FolderThumbnails(Dataset):
             handle_corrupt(self.on_corrupt, err, self.corrupt_log)
             return None
         mtcnn = self._detector()
-        thumb, info = make_thumbnail(image, self.size, ffhq_template(self.hr_size), self.hr_size, mtcnn=mtcnn,
-                                     detect=mtcnn is not None)
+        template = (arcface_template if self.template == "arcface" else ffhq_template)(self.hr_size)
+        thumb, info = make_thumbnail(image, self.size, template, self.hr_size, mtcnn=mtcnn, detect=mtcnn is not None)
         return {"image": to_tensor(np.ascontiguousarray(thumb)), "name": self.names[index], "index": index,
                 "source": str(path), "detected": bool(info.get("detected", False))}
 
@@ -137,6 +140,7 @@ class CelebAThumbnails(Dataset):
         hr_size: side of the aligned ground truth (normally the generator's resolution).
         limit: keep the first ``limit`` images of the split.
         on_corrupt: ``"error"`` | ``"skip"``.
+        template: ``"ffhq"`` | ``"arcface"``: the template the ground truth is warped to.
 
     Items: ``image`` (3×size×size thumbnail), ``hr`` (3×hr_size×hr_size ground truth), ``landmarks`` (5×2 in
     ``hr``), ``identity``, ``attributes`` (40 floats 0/1), ``size`` (native [H, W]), ``name`` (file stem),
@@ -144,11 +148,12 @@ class CelebAThumbnails(Dataset):
     """
 
     def __init__(self, root: str | Path, size: int, split: str = "test", hr_size: int = DEFAULT_HR_SIZE,
-                 limit: int | None = None, on_corrupt: str = "error"):
+                 limit: int | None = None, on_corrupt: str = "error", template: str = "ffhq"):
         if hr_size % size:
             raise ValueError(f"hr_size {hr_size} is not a multiple of the thumbnail size {size}: PULSE's bicubic "
                              "downscaler needs an integer factor (e.g. 1024/32, 64/16)")
-        self.celeba = CelebADataset(root, split, image_size=hr_size, align="ffhq", on_corrupt=on_corrupt)
+        self.celeba = CelebADataset(root, split, image_size=hr_size, align=_check_template(template),
+                                    on_corrupt=on_corrupt)
         n = len(self.celeba)
         self.count = n if limit is None else min(n, int(limit))
         self.size, self.hr_size = int(size), int(hr_size)
@@ -182,11 +187,14 @@ class ThumbnailDataModule(FaceDataModule):
         mtcnn_weights: MTCNN weights folder for photos in a folder (None: no detection).
         pin_memory: pin host memory.
         on_corrupt: ``"error"`` | ``"skip"`` for unreadable images.
+        template: ``"ffhq"`` (StyleGAN generators) | ``"arcface"`` (the DigiFace-1M DCGAN): the generator's framing,
+            which the faces are aligned to.
     """
 
     def __init__(self, source: str = "folder", root: str = "thumbnails", size: int = 16, split: str = "test",
                  limit: int | None = None, hr_size: int | None = None, batch_size: int = 8, num_workers: int = 0,
-                 mtcnn_weights: str | None = None, pin_memory: bool = False, on_corrupt: str = "error"):
+                 mtcnn_weights: str | None = None, pin_memory: bool = False, on_corrupt: str = "error",
+                 template: str = "ffhq"):
         super().__init__(batch_size, num_workers, pin_memory, on_corrupt)
         if source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
@@ -195,12 +203,15 @@ class ThumbnailDataModule(FaceDataModule):
         self.source, self.root, self.size, self.split, self.limit = source, root, int(size), split, limit
         self.hr_size = int(hr_size) if hr_size is not None else DEFAULT_HR_SIZE
         self.mtcnn_weights = mtcnn_weights
+        self.template = _check_template(template)
         self.dataset: Dataset | None = None
 
     def build(self) -> Dataset:
         if self.source == "celeba":
-            return CelebAThumbnails(self.root, self.size, self.split, self.hr_size, self.limit, self.on_corrupt)
-        return FolderThumbnails(self.root, self.size, self.hr_size, self.mtcnn_weights, self.limit, self.on_corrupt)
+            return CelebAThumbnails(self.root, self.size, self.split, self.hr_size, self.limit, self.on_corrupt,
+                                    self.template)
+        return FolderThumbnails(self.root, self.size, self.hr_size, self.mtcnn_weights, self.limit, self.on_corrupt,
+                                self.template)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
@@ -210,3 +221,9 @@ class ThumbnailDataModule(FaceDataModule):
         if self.dataset is None:
             self.setup("predict")
         return self.loader(self.dataset, train=False)
+
+
+def _check_template(template: str) -> str:
+    if template not in TEMPLATES:
+        raise ValueError(f"data.template must be one of {TEMPLATES}, got {template!r}")
+    return template

