@@ -136,6 +136,7 @@ class UpscalingReport(pl.Callback):
         trainer.strategy.barrier("upscaling_report")
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, records: list[dict]) -> None:
+        from lrface.judge_scores import attach_judge_columns, judge_headline
         from lrface.metrics.reid import attribute_reid, findings, race_reid, table1
         from lrface.upscaling_report import plot_angle_histograms, print_tables, sample_grid, write_report
 
@@ -146,9 +147,11 @@ class UpscalingReport(pl.Callback):
         t3 = {k: attribute_reid(p, t, attributes) for k, (p, t) in data["attributes"].items()}
         originals = {"race_judge_accuracy_on_originals": t2.pop("originals", {}).get("accuracy"),
                      "attribute_judge_accuracy_on_originals": t3.pop("originals", {}).get("accuracy")}
+        judged = attach_judge_columns(t1, t2, t3, records)  # issue #12: dlib / gender columns beside F's angles
         checked = findings(t1, t2, t3)
         meta = {
             **{k: v for k, v in originals.items() if v is not None},
+            **dict(getattr(pl_module, "judge_info", {}) or {}),
             "counts": data["counts"],
             "alpha_thr of each F's L_sim (Alg. 1, CelebA-train)": {
                 k: f"{v['alpha_thr']:.1f}° (train accuracy {v['train_accuracy']:.1%})"
@@ -176,11 +179,19 @@ class UpscalingReport(pl.Callback):
                             scale=self.grid_scale)
         print_tables(t1, t2, t3)
         headline = _headline(t1, t2, t3)
+        headline.update(judge_headline(judged))
         for set_name, per in data["search"].items():
             for strategy, v in per.items():
                 headline[f"{set_name}_{strategy}_downscale_loss"] = v["mean_downscale_loss"]
         self.results = {"seed000": {slug(k): v for k, v in headline.items()}}
         self._log_wandb(trainer, t1, t2, t3, pngs)
+        from pytorch_lightning.loggers import WandbLogger
+
+        if judged and isinstance(trainer.logger, WandbLogger):
+            from lrface.judge_scores import judge_rows
+
+            columns, rows = judge_rows(judged)
+            trainer.logger.log_table("seed000/independent_judges", columns=columns, data=rows)
 
     @staticmethod
     def _log_wandb(trainer: pl.Trainer, t1: dict, t2: dict, t3: dict, pngs: Mapping[str, Path]) -> None:

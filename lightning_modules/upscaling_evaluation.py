@@ -34,6 +34,10 @@ Choices the paper leaves open (all in config):
 - Images reach F through the fixed similarity from the generator's template to the ArcFace crop
   (:class:`lrface.align.FixedAlignment`), originals and results alike. The judges see the images as generated
   (FFHQ framing at the generator's resolution), the framing they were trained on.
+- Independent judges (issue #12, ``judges``): dlib's face-recognition ResNet and the Cydral gender network score
+  every result against I_GT (CelebA pairs: image 1 against image 2) — :mod:`lrface.judge_scores`. The faces are
+  placed by the generator's template, not found by a detector (``judges.landmarks: detect`` runs dlib's detector
+  instead; its misses are counted as unscored faces).
 
 Nothing here is trained; the generator, F_baseline, F_ours and the judges stay out of ``state_dict`` (as in
 :class:`lightning_modules.pulse_search.PulseSearchModule`).
@@ -127,6 +131,9 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
         seed: per-sample seed offset (seed + uid).
         align_size: side of the crop fed to F; None → F's input size.
         alpha_batch_size: pairs per F forward when estimating α_thr.
+        judges: the independent package judges, :func:`lrface.judge_scores.parse_judges`: ``{"dlib": auto|true|false,
+            "gender": auto|true|false, "landmarks": template|detect, "backend": dlib|torch}``; ``auto`` (default) is
+            on when the ``judges`` extra is installed, ``true`` fails at setup when it is not.
     """
 
     def __init__(self, generator: str | nn.Module, baseline: str, ours: str, race_judge: str | None = None,
@@ -136,7 +143,8 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
                  lambdas: Mapping[str, float] | None = None, alpha_thr: Mapping[str, Any] | None = None,
                  gamma_temp: float = GAMMA_TEMP, table1_reference: str = "gt", reid_reference: str = "lr",
                  attributes: Sequence[str] = PAPER_ATTRIBUTES, attribute_mode: str = "each", keep_images: int = 8,
-                 seed: int = 0, align_size: int | None = None, alpha_batch_size: int = 64):
+                 seed: int = 0, align_size: int | None = None, alpha_batch_size: int = 64,
+                 judges: Mapping[str, Any] | bool | None = None):
         super().__init__()
         for name, path in (("baseline", baseline), ("ours", ours), ("race_judge", race_judge),
                            ("attribute_judge", attribute_judge), ("gaussian_fit", gaussian_fit)):
@@ -169,6 +177,10 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
         self.attribute_mode = attribute_mode
         self.keep_images, self.seed = int(keep_images), int(seed)
         self.align_size, self.alpha_batch_size = align_size, int(alpha_batch_size)
+        from lrface.judge_scores import parse_judges
+
+        self.judges_config = parse_judges(dict(judges) if isinstance(judges, Mapping) else judges)
+        self.judge_info: dict[str, Any] = {}
         self._nets: dict[str, Any] = {"G": generator} if isinstance(generator, nn.Module) else {}
         self._fit: dict[str, Tensor] | None = None
         self.alpha_thr: dict[str, float] = {}
@@ -218,6 +230,14 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
             if path is not None and key not in self._nets:
                 judge = load_judge(path, **self.judge_options.get(task, {}))
                 self._nets[key] = judge.eval().requires_grad_(False).to(device)
+        if "judge_panel" not in self._nets:
+            from lrface.judge_scores import JudgePanel
+
+            panel = JudgePanel(self.judges_config, say=self._say)
+            self._nets["judge_panel"] = panel
+            self.judge_info = {"independent judges": ", ".join(panel.names) or "none",
+                               "judges' face placement": panel.landmarks, **{
+                                   f"judges.{k} skipped": v for k, v in panel.skipped.items()}}
         if "align" not in self._nets:
             size = self.align_size or int(getattr(self._nets["F_baseline"].F, "input_size", 112))
             self._nets["align"] = FixedAlignment.for_generator(gen, size=size).to(device)
@@ -275,6 +295,36 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
     @torch.no_grad()
     def _angles(self, name: str, a: Tensor, b: Tensor) -> list[float]:
         return theta(self._embed(name, a), self._embed(name, b)).cpu().tolist()
+
+    def _five_points(self, images: Tensor) -> np.ndarray:
+        """5×2: where the generator's template puts the five landmarks in images of this side."""
+        from lrface.align import generator_resolution, generator_template
+
+        template = generator_template(self.generator).detach().double().cpu().numpy()
+        return template * (images.shape[-1] / generator_resolution(self.generator))
+
+    @torch.no_grad()
+    def _judge_scores(self, reference: Tensor, rows: Mapping[str, Tensor | list[Tensor]]) -> list[dict[str, Any]]:
+        """Per sample ``{row: lrface.judge_scores.compare dict}`` (a list of them where a row has one search per
+        attribute); empty dicts when no independent judge is active. Shared searches are judged once."""
+        panel = self._nets.get("judge_panel")
+        n = reference.shape[0]
+        if panel is None or not panel.active:
+            return [{} for _ in range(n)]
+        from lrface.judge_scores import compare
+
+        ref = panel.score(reference, self._five_points(reference))
+        judged: dict[int, list[dict]] = {}
+        out: list[dict[str, Any]] = [{} for _ in range(n)]
+        for name, images in rows.items():
+            per_search = []
+            for im in images if isinstance(images, list) else [images]:
+                if id(im) not in judged:
+                    judged[id(im)] = compare(ref, panel.score(im, self._five_points(im)))
+                per_search.append(judged[id(im)])
+            for j in range(n):
+                out[j][name] = [c[j] for c in per_search] if isinstance(images, list) else per_search[0][j]
+        return out
 
     def _upscaled(self, thumbs: Tensor) -> Tensor:
         from lrface.align import generator_resolution
@@ -352,8 +402,10 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
         """Per-sample records (see :class:`callbacks.upscaling_report.UpscalingReport` for their use):
         ``set``, ``uid`` and, per set, ``angles`` ({extractor: θ°} for pairs; {Table 1 set: {extractor: θ°}} for
         CelebA), ``issame``, ``race`` / ``race_pred`` ({strategy or "originals": judged race}), ``attributes`` /
-        ``attributes_pred`` ({strategy or "originals": 0/1 per judged attribute}), ``search`` ({strategy:
-        {downscale_loss, converged}}), and for the first ``keep_images`` samples ``images`` ({column: 3×R×R})."""
+        ``attributes_pred`` ({strategy or "originals": 0/1 per judged attribute}), ``judge_scores`` ({strategy,
+        or "pair": the independent judges' :func:`lrface.judge_scores.compare` of I_GT and the result}), ``search``
+        ({strategy: {downscale_loss, converged}}), and for the first ``keep_images`` samples ``images`` ({column:
+        3×R×R})."""
         name = batch["set"][0]
         tick = time.perf_counter()
         # predict runs under inference_mode; the searches need autograd on fresh (non-inference) tensors
@@ -378,8 +430,13 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
         a, b = batch["image1"].clone().float().to(self._where()), batch["image2"].clone().float().to(self._where())
         angles = {n: self._angles(n, a, b) for n in EXTRACTORS}
         same = torch.as_tensor(batch["issame"]).reshape(-1).tolist()
-        return [{"set": "pairs", "uid": u, "issame": bool(same[j]), "angles": {n: angles[n][j] for n in EXTRACTORS}}
-                for j, u in enumerate(self._uids(batch))]
+        judged = self._judge_scores(a, {"pair": b})
+        records = [{"set": "pairs", "uid": u, "issame": bool(same[j]), "angles": {n: angles[n][j] for n in EXTRACTORS}}
+                   for j, u in enumerate(self._uids(batch))]
+        for rec, scores in zip(records, judged):
+            if scores:
+                rec["judge_scores"] = scores
+        return records
 
     def _keep(self, name: str, n: int) -> list[bool]:
         kept = self._kept.get(name, 0)
@@ -418,6 +475,7 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
                                                       for im, c in zip(images, cols)], dim=1)
                     else:
                         judged[s.name] = judge.predict_attributes(images)[:, cols]
+        scores = self._judge_scores(hr, {s.name: results[s.name]["images"] for s in strategies})
         keep = self._keep("celeba", len(uids))
         records = []
         for j, u in enumerate(uids):
@@ -428,6 +486,8 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
                 "search": self._search_stats(results, j)}
             if judged:
                 rec["attributes_pred"] = {k: [int(x) for x in v[j].tolist()] for k, v in judged.items()}
+            if scores[j]:
+                rec["judge_scores"] = scores[j]
             if keep[j]:
                 rec["images"] = self._images(hr, results, j)
             records.append(rec)
@@ -448,11 +508,16 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
                 judged["originals"] = judge.predict_race(hr)
                 for s in strategies:
                     judged[s.name] = judge.predict_race(results[s.name]["images"])
+            scores = self._judge_scores(hr, {s.name: results[s.name]["images"] for s in strategies})
+        else:
+            scores = [{} for _ in uids]
         keep = self._keep("fairface", len(uids))
         records = []
         for j, u in enumerate(uids):
             rec = {"set": "fairface", "uid": u, "seed": seeds[j], "race": int(race[j]),
                    "race_pred": {k: int(v[j]) for k, v in judged.items()}, "search": self._search_stats(results, j)}
+            if scores[j]:
+                rec["judge_scores"] = scores[j]
             if keep[j] and results:
                 rec["images"] = self._images(hr, results, j)
             records.append(rec)

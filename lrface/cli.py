@@ -322,6 +322,12 @@ def _add_upscale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mtcnn-weights", default="weights/mtcnn", help="pnet.pt / rnet.pt / onet.pt directory")
     p.add_argument("--align", choices=["fixed", "mtcnn"], default="fixed",
                    help="how generated faces reach F: the generator's fixed template, or MTCNN landmarks")
+    p.add_argument("--judges", choices=["auto", "on", "off"], default="auto",
+                   help="independent judges in the metadata (dlib distance / verdict, gender kept vs the photo and "
+                   "--reference): auto = when the judges extra is installed")
+    p.add_argument("--judge-landmarks", choices=["template", "detect"], default="template",
+                   help="where the judges see the face: known landmarks (MTCNN's, the generator's template) or "
+                   "dlib's own detector (misses reported as unscored)")
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:

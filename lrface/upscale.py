@@ -10,7 +10,10 @@ the same rules:
   downscales the generator's images, so a perfect match is reachable;
 - :func:`write_result`: the upscaled PNG and its JSON, each written atomically;
 - :func:`upscale_main`: the command (seed paper 000, Eq. 8: L_SR + λ1·L_sim + λ2·L_race + λ3·L_att, with the paper's
-  rejection rule; rejected results are written and reported, never dropped).
+  rejection rule; rejected results are written and reported, never dropped);
+- :func:`judge_result`: the independent judges' view of a result (issue #12): dlib distance / verdict and gender
+  kept against the input photo (I_GT) and the reference (I_r), faces placed by known landmarks
+  (:mod:`lrface.judge_scores`).
 """
 from __future__ import annotations
 
@@ -408,6 +411,51 @@ def reference_crop(photo: np.ndarray, size: int, mtcnn):
     return FixedAlignment(ffhq_template(side), side, size)(square), info
 
 
+def photo_five_points(photo: np.ndarray, landmarks, template, resolution: int) -> np.ndarray:
+    """Where the face is in a photo, insightface's five points (5×2): MTCNN's ``landmarks`` when it found the face,
+    else the framing the photo is then taken to have (``template`` of a ``resolution`` image on its centre square)."""
+    from lrface.judge_scores import template_landmarks
+
+    if landmarks is not None:
+        return np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    return template_landmarks(template, resolution, photo.shape[0], photo.shape[1])
+
+
+def judge_result(panel, result: np.ndarray, result_points, references: Mapping[str, tuple[np.ndarray, Any]]
+                 ) -> dict[str, Any]:
+    """The independent judges on one upscaled image against each reference.
+
+    Args:
+        panel: a :class:`lrface.judge_scores.JudgePanel`.
+        result: H×W×3 uint8, the image as written.
+        result_points: its five points (the generator's template), 5×2.
+        references: ``{"I_GT": (photo H×W×3 uint8, five points 5×2), "I_r": ...}``.
+
+    Returns:
+        ``{name: {"dlib_dist", "dlib_same", "gender_reference", "gender_result", "gender_kept", "p_male_reference",
+        "p_male_result", "unscored"}}`` plus ``"judges"`` (names) and ``"landmarks"`` (placement mode); a value is
+        None where a judge is off or could not score a face, and ``unscored`` then says which face and why.
+    """
+    from lrface.judge_scores import SAME_PERSON, compare
+
+    out: dict[str, Any] = {"judges": panel.names, "landmarks": panel.landmarks}
+    scored = panel.score([result], np.asarray(result_points, dtype=np.float64)[None])
+    for name, (photo, points) in references.items():
+        ref = panel.score([photo], None if points is None else np.asarray(points, dtype=np.float64)[None])
+        c = compare(ref, scored)[0]
+        gender = {k: None if c[f"p_male_{k}"] is None else ("male" if c[f"p_male_{k}"] > 0.5 else "female")
+                  for k in ("reference", "result")}
+        unscored = {f"{face} {judge}": why for face, s in (("reference", ref), ("result", scored))
+                    for judge, why in s.errors[0].items()}
+        out[name] = {
+            "dlib_dist": c["dlib_dist"],
+            "dlib_same": None if c["dlib_dist"] is None else bool(c["dlib_dist"] < SAME_PERSON),
+            "gender_reference": gender["reference"], "gender_result": gender["result"],
+            "gender_kept": None if None in gender.values() else gender["reference"] == gender["result"],
+            "p_male_reference": c["p_male_reference"], "p_male_result": c["p_male_result"], "unscored": unscored}
+    return out
+
+
 def _fmt(value: Any, spec: str = ".4f") -> str:
     if value is None:
         return "-"
@@ -423,8 +471,9 @@ def upscale_main(args) -> int:
     be read, 2 for a bad setup (missing / unreadable generator, features, reference, MTCNN weights; bad flags).
 
     Writes per input ``<out>/<stem>.png`` (the upscaled image), ``<stem>.json`` (losses per term, angle to the
-    reference, race / attribute probabilities, accepted, seed, thumbnail info) and ``<stem>_lr.png`` (the
-    thumbnail), then ``<out>/summary.json``, and prints a table.
+    reference, race / attribute probabilities, accepted, seed, thumbnail info, and with ``--judges`` the independent
+    judges' ``dlib_dist`` / ``dlib_same`` / ``gender_kept`` against the photo, details under ``judges``) and
+    ``<stem>_lr.png`` (the thumbnail), then ``<out>/summary.json``, and prints a table.
     """
     from lrface.generators import UnsafeCheckpointError
 
@@ -487,7 +536,7 @@ def _setup(args) -> SimpleNamespace:
     attributes = parse_attribute_targets(args.attr)
     wants = [flag for flag, given in (("--reference", args.reference), ("--race", race is not None),
                                       ("--attr", bool(attributes))) if given]
-    nets = align_fn = reference = meter = constraints = None
+    nets = align_fn = reference = meter = constraints = ref_photo = None
     reference_info: dict[str, Any] | None = None
     if wants and not args.features:
         raise _SetupError(f"{', '.join(wants)} need --features (the F / C_R / C_A checkpoint)")
@@ -522,12 +571,26 @@ def _setup(args) -> SimpleNamespace:
         if wants:  # measures every given target, also those with λ = 0, for the report
             meter = PulseConstraints(lambdas=(1.0, 1.0, 1.0), **common)
 
+    panel = None
+    judges = str(getattr(args, "judges", "auto"))
+    if judges != "off":
+        from lrface.judge_scores import JudgePanel
+
+        try:
+            wanted = True if judges == "on" else "auto"
+            panel = JudgePanel({"dlib": wanted, "gender": wanted,
+                                "landmarks": getattr(args, "judge_landmarks", "template")},
+                               say=lambda text: print(f"lrface upscale: {text}", file=sys.stderr))
+        except ImportError as exc:
+            raise _SetupError(f"--judges on: {exc}") from None
+        panel = panel if panel.active else None
+
     search = PulseSearch(generator, gaussian, loss=args.loss, eps=args.eps, steps=args.steps, lr=args.lr,
                          restarts=args.restarts, extra_losses=constraints.as_extra_losses() if constraints else None)
     return SimpleNamespace(device=device, out_dir=out_dir, resolution=resolution, size=size, fit_source=fit_source,
                            template=template, mtcnn=mtcnn, race=race, attributes=attributes, nets=nets,
                            reference=reference, reference_info=reference_info, meter=meter, constraints=constraints,
-                           search=search, align_fn=align_fn)
+                           search=search, align_fn=align_fn, judges=panel, reference_photo=ref_photo)
 
 
 def _upscale(args) -> int:
@@ -605,6 +668,18 @@ def _upscale(args) -> int:
                     probs = torch.sigmoid(nets.C_A(f).float())[0]
                     meta["attributes"] = {CELEBA_ATTRIBUTES[i]: v for i, v in attributes.items()}
                     meta["attribute_probs"] = {CELEBA_ATTRIBUTES[i]: float(probs[i]) for i in attributes}
+        if run.judges is not None:
+            references = {"I_GT": (rgb, photo_five_points(rgb, thumb_info["landmarks"], run.template.numpy(),
+                                                          run.resolution))}
+            if run.reference_photo is not None:
+                from lrface.align import ffhq_template_np
+
+                side = min(run.reference_photo.shape[:2])
+                # reference_crop's rule: MTCNN's landmarks, else the photo's centre square taken as FFHQ-framed
+                references["I_r"] = (run.reference_photo, photo_five_points(
+                    run.reference_photo, (run.reference_info or {}).get("landmarks"), ffhq_template_np(side), side))
+            meta["judges"] = judge_result(run.judges, to_uint8_image(image[0]), run.template.numpy(), references)
+            meta.update({k: meta["judges"]["I_GT"][k] for k in ("dlib_dist", "dlib_same", "gender_kept")})
         stem = safe_name(Path(photo).stem)
         base, n = stem, 1
         while stem in used:
@@ -617,7 +692,21 @@ def _upscale(args) -> int:
         meta["seconds"] = time.perf_counter() - start
         results.append({**meta, "png": str(png), "json": str(js), "lr_png": str(out_dir / f"{stem}_lr.png")})
 
-    summary = {"generator": str(args.generator), "features": args.features, "n_inputs": len(args.photos),
+    judged = [r["judges"]["I_GT"] for r in results if "judges" in r]
+    summary_judges = {}
+    if judged:
+        from lrface.judge_scores import SAME_PERSON
+
+        dist = [j["dlib_dist"] for j in judged if j["dlib_dist"] is not None]
+        kept = [j["gender_kept"] for j in judged if j["gender_kept"] is not None]
+        summary_judges = {"judges": {
+            "reference": "I_GT", "n": len(judged), "dlib_dist": float(np.mean(dist)) if dist else None,
+            "dlib_same": float(np.mean([j["dlib_dist"] < SAME_PERSON for j in judged if j["dlib_dist"] is not None]))
+            if dist else None,
+            "gender_kept": float(np.mean(kept)) if kept else None,
+            "dlib_unscored": len(judged) - len(dist), "gender_unscored": len(judged) - len(kept)}}
+    summary = {**summary_judges, "generator": str(args.generator), "features": args.features,
+               "n_inputs": len(args.photos),
                "accepted": sum(r["accepted"] for r in results), "rejected": sum(not r["accepted"] for r in results),
                "errors": errors, "results": results}
     atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), sort_keys=True, indent=2) + "\n")
@@ -628,13 +717,15 @@ def _upscale(args) -> int:
 
 
 def _print_table(results: list[dict[str, Any]]) -> None:
-    header = ("name", "accepted", "L2", "L_sim", "L_race", "L_att", "angle_ref", "seconds")
+    header = ("name", "accepted", "L2", "L_sim", "L_race", "L_att", "angle_ref", "seconds", "dlib_dist", "dlib_same",
+              "gender_kept")
     rows = [header]
     for r in results:
         m = r.get("measures", {})
         rows.append((r["name"], _fmt(r["accepted"]), _fmt(r["downscale_loss"], ".2e"), _fmt(m.get("L_sim")),
                      _fmt(m.get("L_race")), _fmt(m.get("L_att")), _fmt(r.get("angle_to_reference"), ".1f"),
-                     _fmt(r["seconds"], ".1f")))
+                     _fmt(r["seconds"], ".1f"), _fmt(r.get("dlib_dist"), ".3f"), _fmt(r.get("dlib_same")),
+                     _fmt(r.get("gender_kept"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

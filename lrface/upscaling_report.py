@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lrface.io import atomic_write_bytes, atomic_write_text
+from lrface.judge_scores import JUDGE_COLUMNS
 from lrface.labels import RACE_NAMES
 from lrface.metrics.reid import (
     ATTRIBUTE_STRATEGIES, EXTRACTORS, PAPER, PAPER_ATTRIBUTES, SAME_SETS, SETS, STRATEGIES, findings as check_findings,
@@ -68,6 +69,26 @@ def _extras(table: Mapping | None, order: Sequence[str]) -> list[str]:
     return list(order) + [k for k in (table or {}) if k not in order]
 
 
+_JUDGE_NOTE = ("Independent judges (not trained here), the reference being {ref}: dlib_dist = mean±SD distance of "
+               "the dlib descriptors of reference and result, dlib_same = share below dlib's 0.6 (same person), "
+               "gender_kept = share judged (Cydral gender network) of the reference's gender; unscored = faces a "
+               "judge could not score (dlib / gender).")
+
+
+def _judge_cells(summary: Mapping | None) -> list[str]:
+    """The :data:`lrface.judge_scores.JUDGE_COLUMNS` cells of one row (``summary``: ``judge_scores.summarise``)."""
+    if not isinstance(summary, Mapping):
+        return [_DASH] * len(JUDGE_COLUMNS)
+    mean, std = summary.get("dlib_dist"), summary.get("dlib_dist_std")
+    dist = _DASH if mean is None else (f"{mean:.3f}" if std is None else f"{mean:.3f}±{std:.3f}")
+    unscored = f"{summary.get('dlib_unscored', 0)} / {summary.get('gender_unscored', 0)} of {summary.get('n', 0)}"
+    return [dist, _pct(summary.get("dlib_same")), _pct(summary.get("gender_kept")), unscored]
+
+
+def _has_judges(table: Mapping | None, rows: Sequence[str]) -> bool:
+    return any(isinstance(lookup(table, r, "judges"), Mapping) for r in rows)
+
+
 def _table1_top(t1: Mapping | None):
     angles = lookup(t1, "angles") or {}
     sets = _extras(angles, SETS)
@@ -75,6 +96,10 @@ def _table1_top(t1: Mapping | None):
     for e in EXTRACTORS:
         headers += [f"{e} ours", f"{e} paper"]
     headers.append("n (" + " / ".join(EXTRACTORS) + ")")
+    judges = lookup(t1, "judges") if isinstance(lookup(t1, "judges"), Mapping) else None
+    if judges:
+        sets += [s for s in judges if s not in sets]
+        headers += list(JUDGE_COLUMNS)
     rows = []
     for s in sets:
         row = [s, "yes" if s in SAME_SETS else "no"]
@@ -83,8 +108,10 @@ def _table1_top(t1: Mapping | None):
             row += [_deg_stats(lookup(angles, s, e)), _deg_stats(lookup(PAPER, "table1", "angles", s, e))]
             n = lookup(angles, s, e, "n")
             ns.append(_DASH if n is None else str(n))
-        rows.append(row + [" / ".join(ns)])
+        rows.append(row + [" / ".join(ns)] + (_judge_cells(judges.get(s)) if judges else []))
     notes = [f"Mean°±SD of θ(F(i₁), F(i₂)); the paper uses {PAPER['n_pairs_per_set']:,} pairs per set."]
+    if judges:
+        notes.append(_JUDGE_NOTE.format(ref="i₁ (I_GT for the upscaled sets)"))
     return "Table 1 (top): pair angles, mean°±SD (§4.1)", headers, rows, notes
 
 
@@ -116,12 +143,17 @@ def _table1_bottom(t1: Mapping | None):
 
 def _table2(t2: Mapping | None):
     headers = ["Strategy", "ours", "paper", "n"]
+    judged = _has_judges(t2, _extras(t2, STRATEGIES))
+    headers += list(JUDGE_COLUMNS) if judged else []
     rows = []
     for s in _extras(t2, STRATEGIES):
         acc, n = _acc(lookup(t2, s))
-        rows.append([s, _pct(acc), _pct(PAPER["table2"].get(s)), _DASH if n is None else str(n)])
+        rows.append([s, _pct(acc), _pct(PAPER["table2"].get(s)), _DASH if n is None else str(n)]
+                    + (_judge_cells(lookup(t2, s, "judges")) if judged else []))
     notes = [f"Share of generated images that the external race classifier assigns the source's race (paper: "
              f"{PAPER['n_race_images']:,} FairFace test images)."]
+    if judged:
+        notes.append(_JUDGE_NOTE.format(ref="I_GT"))
     return "Table 2: race re-identification accuracy (§4.2)", headers, rows, notes
 
 
@@ -150,14 +182,19 @@ def _table3(t3: Mapping | None):
     for s in t3 or {}:
         attrs += [a for a in (lookup(t3, s, "per_attribute") or {}) if a not in attrs]
     headers = ["Strategy", "mean ours", "paper", *attrs, "n"]
+    judged = _has_judges(t3, _extras(t3, ATTRIBUTE_STRATEGIES))
+    headers += list(JUDGE_COLUMNS) if judged else []
     rows = []
     for s in _extras(t3, ATTRIBUTE_STRATEGIES):
         acc, n = _acc(lookup(t3, s))
         row = [s, _pct(acc), _pct(PAPER["table3"].get(s))]
         row += [_pct(lookup(t3, s, "per_attribute", a)) for a in attrs]
-        rows.append(row + [_DASH if n is None else str(n)])
+        row.append(_DASH if n is None else str(n))
+        rows.append(row + (_judge_cells(lookup(t3, s, "judges")) if judged else []))
     notes = ["Per attribute, the share of generated images whose attribute the external detector reads as the "
              "source's; the mean is over the attributes (paper: the five shown)."]
+    if judged:
+        notes.append(_JUDGE_NOTE.format(ref="I_GT"))
     return "Table 3: attribute re-identification accuracy (§4.3)", headers, rows, notes
 
 
