@@ -33,7 +33,9 @@ log = logging.getLogger("lrface")
 RUN_DIR_ENV = "LRFACE_RUN_DIR"
 RESUME_ENV = "LRFACE_RESUME_CKPT"
 RESULTS_FILE = "results.json"
-STAGES = ("fit", "predict")  # cfg.stage: trainer.fit, or trainer.predict (e.g. PULSE upscaling over a DataModule)
+# cfg.stage: trainer.fit, trainer.predict (e.g. PULSE upscaling over a DataModule), or a report callable that trains
+# nothing (lightning_modules/report_runner.py)
+STAGES = ("fit", "predict", "report")
 
 
 def _world_size_from_env() -> int:
@@ -257,6 +259,10 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     stage = cfg.get("stage") or "fit"
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if stage == "report":
+        from lightning_modules.report_runner import run_report
+
+        return run_report(cfg)
     run_dir, ckpt = resolve_run_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     prepare_world(cfg)

@@ -121,6 +121,8 @@ def test_every_experiment_composes(name: str) -> None:
     if cfg.pipeline:  # a pipeline names experiments that compose themselves
         for step in cfg.pipeline.values():
             assert compose(step.experiment).name == step.experiment
+    elif cfg.stage == "report":  # trains nothing: one report callable (lightning_modules/report_runner.py)
+        assert cfg.report._target_, f"{name}: stage 'report' needs a report"
     else:
         assert cfg.data._target_ and cfg.module._target_, f"{name}: needs a data and a module"
     assert cfg.name == name
