@@ -190,13 +190,18 @@ def test_predict_writes_every_sample_once_with_metadata(tiny_world, generator_pa
 
 
 def test_results_do_not_depend_on_batch_size(tiny_world, generator_path, fit_path):
-    one = run_direct(module(generator_path, fit_path), datamodule(tiny_world, batch_size=1))
-    four = run_direct(module(generator_path, fit_path), datamodule(tiny_world, batch_size=4))
-    assert [r["index"] for r in one] == [r["index"] for r in four] == [0, 1, 2, 3]
-    for a, b in zip(one, four):
-        torch.testing.assert_close(a["image"], b["image"], atol=1e-4, rtol=0)
-        assert a["downscale_loss"] == pytest.approx(b["downscale_loss"], rel=1e-3)
-    assert float((one[0]["image"] - one[1]["image"]).abs().max()) > 0.05  # different thumbnails, different faces
+    # One step: per-sample seeds, latents and losses see no other sample, so batch 1 and batch 4 agree to float
+    # rounding. Over a full search they agree only loosely: batched and single convolutions round differently on some
+    # CPUs (measured on an AMD EPYC: 1e-6 after 1 step), and Adam's first steps, ±lr on components whose gradient is
+    # ~0, amplify that to ~1e-2 by step 10.
+    for search, atol, rel in (({"steps": 1, "eps": 1e-6}, 1e-4, 1e-3), (SEARCH, 0.05, 0.05)):
+        one = run_direct(module(generator_path, fit_path, search=search), datamodule(tiny_world, batch_size=1))
+        four = run_direct(module(generator_path, fit_path, search=search), datamodule(tiny_world, batch_size=4))
+        assert [r["index"] for r in one] == [r["index"] for r in four] == [0, 1, 2, 3]
+        for a, b in zip(one, four):
+            torch.testing.assert_close(a["image"], b["image"], atol=atol, rtol=0)
+            assert a["downscale_loss"] == pytest.approx(b["downscale_loss"], rel=rel)
+        assert float((one[0]["image"] - one[1]["image"]).abs().max()) > 0.05  # different thumbnails, different faces
 
 
 @pytest.mark.slow
