@@ -10,6 +10,10 @@ every sample's record (with the ``rank`` that wrote it) and ``duplicates``, the 
 before (0 unless a padding sampler repeated samples; each index is counted once). The summary is
 exposed as ``.results = {"pulse": {...}}`` and as ``pulse/<key>`` scalars in ``trainer.callback_metrics``, which is
 how it reaches the runner's ``results.json`` (also from ``ddp_spawn`` workers, which send only those back).
+
+The independent judges' scores (issue #12) are made by the module on each rank for its own samples (records carry
+``judged``, ``dlib_dist``, ``dlib_same``, ``gender_kept``) and summarised here over the gathered records like every
+other measure.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from lrface.io import atomic_write_bytes, atomic_write_text
 # Per-sample fields kept for the summary (the images are not gathered across ranks).
 _RECORD_KEYS = ("index", "name", "seed", "accepted", "converged", "downscale_loss", "steps", "seconds", "measures",
                 "angle_to_reference", "angle_to_gt", "race", "race_prob", "predicted_race", "attributes",
-                "attribute_probs", "detected")
+                "attribute_probs", "detected", "dlib_dist", "dlib_same", "gender_kept")
 
 
 def _mean(values: list) -> float | None:
@@ -42,7 +46,10 @@ def summarize(records: list[dict]) -> dict[str, float]:
     ``converged_rate`` (within eps), ``mean_downscale_loss``, ``mean_steps``, ``mean_seconds``,
     ``mean_angle_to_gt_deg``, ``mean_angle_to_reference_deg``, ``mean_L_sim`` / ``mean_L_race`` / ``mean_L_att``
     (measured on the written images), ``mean_race_prob`` (of the target race), ``race_rate`` (predicted race = the
-    target), ``mean_attribute_error`` (|σ(C_A) − target| over the targeted attributes), ``detected_rate``.
+    target), ``mean_attribute_error`` (|σ(C_A) − target| over the targeted attributes), ``detected_rate``; of the
+    samples the independent judges scored against their ground truth (``judged``): ``judged_samples``,
+    ``mean_dlib_dist``, ``dlib_same_rate`` (dlib distance < 0.6), ``gender_kept_rate`` (judged gender of the result =
+    the ground truth's) and ``dlib_unscored`` / ``gender_unscored`` (judged samples a judge could not score).
     """
     n = len(records)
     out: dict[str, float] = {"samples": float(n)}
@@ -70,6 +77,19 @@ def summarize(records: list[dict]) -> dict[str, float]:
     detected = [r["detected"] for r in records if r.get("detected") is not None]
     if detected:
         out["detected_rate"] = sum(bool(d) for d in detected) / len(detected)
+    judged = [r for r in records if r.get("judged")]
+    if judged:
+        dist = [r["dlib_dist"] for r in judged if r.get("dlib_dist") is not None]
+        kept = [r["gender_kept"] for r in judged if r.get("gender_kept") is not None]
+        out["judged_samples"] = float(len(judged))
+        out["dlib_unscored"] = float(len(judged) - len(dist))
+        out["gender_unscored"] = float(len(judged) - len(kept))
+        if dist:
+            out["mean_dlib_dist"] = sum(dist) / len(dist)
+            out["dlib_same_rate"] = sum(bool(r["dlib_same"]) for r in judged if r.get("dlib_dist") is not None) \
+                / len(dist)
+        if kept:
+            out["gender_kept_rate"] = sum(bool(k) for k in kept) / len(kept)
     return out
 
 
@@ -106,7 +126,7 @@ class PulseWriter(BasePredictionWriter):
                                    encode_png(to_uint8_image(sample["lr"])))
             png, _ = write_result(out, str(sample["name"]), sample["image"], meta)
             self.records.append({k: meta[k] for k in _RECORD_KEYS if k in meta}
-                                | {"file": Path(png).name, "rank": trainer.global_rank})
+                                | {"judged": "judges" in meta, "file": Path(png).name, "rank": trainer.global_rank})
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         records = self.records

@@ -3,7 +3,9 @@
 - ``source="folder"``: every image file under ``root`` (recursive, sorted). A face already thumbnail-sized is used as
   is (resized to ``size``); a larger photo is detected and aligned with MTCNN when ``mtcnn_weights`` is given
   (:func:`lrface.upscale.make_thumbnail`: similarity warp onto the generator template at ``hr_size``, then PULSE's
-  bicubic downscaler), otherwise resized as is.
+  bicubic downscaler), otherwise resized as is. With a detector, items also carry the ground truth ``hr``: the aligned
+  canvas the thumbnail was downscaled from, or, where no face was found, the photo's centre square at that size
+  (the framing an undetected thumbnail is taken to have, as ``lrface upscale`` judges it).
 - ``source="celeba"``: each image of the split is warped by its five CelebA landmarks onto the FFHQ template at
   ``hr_size`` (the framing of every generator, see ``lrface.align.ffhq_template``) — the ground truth ``hr`` — and
   downscaled to ``size`` with PULSE's own :class:`~lrface.losses.pulse.BicubicDownsample`, the operator the search
@@ -71,7 +73,9 @@ class FolderThumbnails(Dataset):
         template: ``"ffhq"`` | ``"arcface"``: the five-point template faces are aligned to (MTCNN path only).
 
     Items: ``image`` (3×size×size float in [0, 1]), ``name``, ``index``, ``source`` (file path), ``detected``
-    (bool: MTCNN found and aligned a face).
+    (bool: MTCNN found and aligned a face); with ``mtcnn_weights`` also ``hr`` (3×S×S, S = size·round(hr_size /
+    size), the side PULSE's downscaler needs): the aligned face, or the centre square where none was found. Every
+    item of a detector-enabled folder has it, so batches mixing found and missed faces still collate.
     """
 
     def __init__(self, root: str | Path, size: int, hr_size: int = DEFAULT_HR_SIZE, mtcnn_weights: str | None = None,
@@ -123,8 +127,37 @@ class FolderThumbnails(Dataset):
         mtcnn = self._detector()
         template = (arcface_template if self.template == "arcface" else ffhq_template)(self.hr_size)
         thumb, info = make_thumbnail(image, self.size, template, self.hr_size, mtcnn=mtcnn, detect=mtcnn is not None)
-        return {"image": to_tensor(np.ascontiguousarray(thumb)), "name": self.names[index], "index": index,
+        item = {"image": to_tensor(np.ascontiguousarray(thumb)), "name": self.names[index], "index": index,
                 "source": str(path), "detected": bool(info.get("detected", False))}
+        if mtcnn is not None:
+            item["hr"] = to_tensor(_ground_truth(image, info, template, self.size, self.hr_size))
+        return item
+
+
+def _ground_truth(image: np.ndarray, info: dict, template, size: int, resolution: int) -> np.ndarray:
+    """The S×S×3 uint8 canvas :func:`lrface.upscale.make_thumbnail` downscaled (S = size·round(resolution / size)):
+    the same similarity of MTCNN's ``info["landmarks"]`` onto ``template·S/resolution``, after the same integer
+    area shrink of faces much larger than the canvas; the centre square resized to S when no face was found."""
+    import cv2
+
+    from lrface.align import estimate_similarity_np
+    from lrface.upscale import _resize_square
+
+    hr = max(1, round(resolution / size)) * size
+    if not info.get("detected"):
+        return _resize_square(image, hr)
+    lm = np.asarray(info["landmarks"], dtype=np.float64)
+    dst = np.asarray(torch.as_tensor(template, dtype=torch.float64).cpu().numpy()) * (hr / resolution)
+    h, w = image.shape[:2]
+    scale = float(np.sqrt(abs(np.linalg.det(estimate_similarity_np(lm, dst)[:, :2]))))
+    shrink = int(np.floor(1.0 / scale)) if scale < 1.0 else 1
+    if shrink >= 2:
+        new_w, new_h = max(1, round(w / shrink)), max(1, round(h / shrink))
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        lm = (lm + 0.5) * np.array([new_w / w, new_h / h]) - 0.5
+    canvas = cv2.warpAffine(image, estimate_similarity_np(lm, dst), (hr, hr), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT_101)
+    return np.ascontiguousarray(canvas)
 
 
 class CelebAThumbnails(Dataset):

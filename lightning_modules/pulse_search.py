@@ -8,6 +8,11 @@ module loads the parts, builds the per-batch search and turns its output into pe
 Nothing here is trained: the generator, F, C_R, C_A and the aligner are kept out of ``parameters()`` and
 ``state_dict()`` (so no checkpoint ever copies a 1024 px generator) but follow the module's device moves.
 
+Independent judges (issue #12, ``judges``): where the data has a ground truth (``hr``), dlib's face-recognition
+ResNet and the Cydral gender network score each result against it (:func:`lrface.upscale.judge_result`, the
+record's ``judges.I_GT`` and flat ``dlib_dist`` / ``dlib_same`` / ``gender_kept`` as ``lrface upscale`` writes them);
+both faces are placed by the generator's template, not found by a detector.
+
 Per-sample seeds are ``seed + index`` (the dataset index), so a thumbnail's result does not depend on the batch it
 lands in, the batch size or the number of ranks.
 """
@@ -81,13 +86,18 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
         mtcnn_weights: MTCNN weights folder (``align="mtcnn"``).
         redetect_every: MTCNN re-detection period in search steps.
         seed: per-sample seed offset (sample seed = seed + dataset index; 0 is a seed).
+        judges: the independent package judges, :func:`lrface.judge_scores.parse_judges`: ``{"dlib": auto|true|false,
+            "gender": auto|true|false, "landmarks": template|detect, "backend": dlib|torch}``, or ``off`` / ``on`` /
+            ``auto`` for both; ``auto`` (default) is on when the ``judges`` extra is installed, ``true`` fails at
+            setup when it is not.
     """
 
     def __init__(self, generator: str | os.PathLike | nn.Module, gaussian_fit: str | None = None,
                  fit_samples: int = 100_000, fit_batch: int = 10_000, search: Mapping[str, Any] | None = None,
                  features: str | None = None, backbone: Mapping[str, Any] | None = None,
                  constraints: Mapping[str, Any] | None = None, align: str = "fixed", align_size: int | None = None,
-                 mtcnn_weights: str = "weights/mtcnn", redetect_every: int = 1, seed: int = 0):
+                 mtcnn_weights: str = "weights/mtcnn", redetect_every: int = 1, seed: int = 0,
+                 judges: Mapping[str, Any] | bool | None = None):
         super().__init__()
         if generator is None:
             raise ValueError("module.generator is not set: give a generator checkpoint (PULSE synthesis.pt, "
@@ -139,6 +149,11 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
         self.align_mode, self.align_size = align, int(align_size) if align_size else None
         self.mtcnn_weights, self.redetect_every = mtcnn_weights, int(redetect_every)
         self.seed = int(seed)
+        from lrface.judge_scores import parse_judges
+
+        if isinstance(judges, str):  # module.judges=off|on|auto from the command line switches both judges
+            judges = {"dlib": judges, "gender": judges}
+        self.judges_config = parse_judges(dict(judges) if isinstance(judges, Mapping) else judges)
         # Frozen helpers, deliberately not registered as submodules: see the module docstring and _apply.
         self._nets: dict[str, nn.Module] = {}
         if isinstance(generator, nn.Module):
@@ -187,6 +202,19 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
                     atomic_write(run_dir / "gaussian_fit.pt", lambda f: torch.save(fit, f))
         if self.features_path is not None and self._feature_nets is None:
             self._setup_features(gen, device)
+        if "judge_panel" not in self._nets:
+            from lrface.judge_scores import JudgePanel
+
+            trainer = self._trainer
+            say = print if trainer is None or trainer.is_global_zero else (lambda text: None)
+            self._nets["judge_panel"] = JudgePanel(self.judges_config,
+                                                   say=lambda text: say(f"[pulse] {text}"))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # dlib's networks do not pickle (ddp_spawn pickles the module); setup() builds the panel again on each rank
+        state = super().__getstate__()
+        state["_nets"] = {k: v for k, v in self._nets.items() if k != "judge_panel"}
+        return state
 
     def _setup_features(self, gen: nn.Module, device: torch.device) -> None:
         from lrface.align import FixedAlignment
@@ -244,6 +272,21 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
             alpha_thr=self.alpha_thr, gamma_temp=self.gamma_temp, tgt=self.tgt, reference_features=reference,
             target_race=self.target_race, target_attributes=self.target_attributes or None)
 
+    def _judged(self, images: torch.Tensor, hr: torch.Tensor | None) -> list[dict[str, Any] | None]:
+        """Per sample :func:`lrface.upscale.judge_result` of the result (B×3×R×R) against its ground truth
+        (B×3×H×H, framed like the generator's images); None for every sample without ``hr`` or active judge."""
+        panel = self._nets.get("judge_panel")
+        if hr is None or panel is None or not panel.active:
+            return [None] * images.shape[0]
+        from lrface.align import generator_resolution, generator_template
+        from lrface.upscale import judge_result, to_uint8_image
+
+        template = generator_template(self.generator).detach().double().cpu().numpy()
+        res = generator_resolution(self.generator)
+        points, gt_points = template * (images.shape[-1] / res), template * (hr.shape[-1] / res)
+        return [judge_result(panel, to_uint8_image(im), points, {"I_GT": (to_uint8_image(gt), gt_points)})
+                for im, gt in zip(images, hr)]
+
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         """Searches the batch's thumbnails; returns one record per sample for :class:`callbacks.pulse_writer`.
 
@@ -254,7 +297,9 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
         image as written), ``seconds``; with F: ``measures`` ({L_sim, L_race, L_att} of every given target, also at
         λ = 0), ``angle_to_reference`` and ``angle_to_gt`` (degrees; when I_r / the ground truth is known),
         ``race``, ``race_prob``, ``race_probs``, ``predicted_race`` (with C_R), ``attributes`` (targets) and
-        ``attribute_probs``; ``identity`` / ``detected`` when the data has them.
+        ``attribute_probs``; ``identity`` / ``detected`` when the data has them; with a ground truth and an active
+        judge, ``judges`` (:func:`lrface.upscale.judge_result`, reference ``I_GT``) and its flat ``dlib_dist``,
+        ``dlib_same``, ``gender_kept``.
         """
         from lrface.losses.identity import CONSTRAINT_NAMES
         from lrface.upscale import CELEBA_ATTRIBUTES, RACE_NAMES
@@ -310,6 +355,7 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
         measures = {k: v.detach().float().cpu() for k, v in measures.items()}
         extra = {k: v.detach().cpu() for k, v in extra.items()}
         names = batch.get("name")
+        judged = self._judged(images, batch["hr"].detach().float().cpu() if "hr" in batch else None)
         lambdas = dict(zip(CONSTRAINT_NAMES, self.lambdas))
         records = []
         for j in range(b):
@@ -348,5 +394,8 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
                 rec["identity"] = int(torch.as_tensor(batch["identity"]).reshape(-1)[j])
             if "detected" in batch:
                 rec["detected"] = bool(torch.as_tensor(batch["detected"]).reshape(-1)[j])
+            if judged[j] is not None:
+                rec["judges"] = judged[j]
+                rec.update({k: judged[j]["I_GT"][k] for k in ("dlib_dist", "dlib_same", "gender_kept")})
             records.append(rec)
         return records
