@@ -68,19 +68,24 @@ class DlibIdentity:
         return self.net(chips)
 
 
-def grid_image(rows: Sequence[Sequence[np.ndarray]], cell: int) -> np.ndarray:
-    """Rows of H×W×3 uint8 images → one (len(rows)·cell)×(n_cols·cell)×3 uint8 grid (each image nearest-resized)."""
-    from PIL import Image
+def grid_image(rows: Sequence[Sequence[np.ndarray | None]], cell: int) -> bytes:
+    """Rows of H×W×3 uint8 images (None: a blank cell) → PNG bytes of :func:`lrface.io.image_grid_png`'s grid, each
+    image nearest-resized to cell×cell."""
+    import torch.nn.functional as F
+
+    from lrface.io import image_grid_png
 
     n_cols = max(len(r) for r in rows)
-    out = np.full((len(rows) * cell, n_cols * cell, 3), 255, dtype=np.uint8)
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
+    tiles = []
+    for row in rows:
+        for j in range(n_cols):
+            image = row[j] if j < len(row) else None
             if image is None:
+                tiles.append(torch.ones(3, cell, cell))
                 continue
-            im = Image.fromarray(np.ascontiguousarray(image)).resize((cell, cell), Image.Resampling.NEAREST)
-            out[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell] = np.asarray(im)
-    return out
+            t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+            tiles.append(F.interpolate(t, size=(cell, cell), mode="nearest")[0])
+    return image_grid_png(torch.stack(tiles), nrow=n_cols)
 
 
 def _photo(photos, name: str, role: str):
@@ -144,7 +149,6 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
     from lrface.pulse import PulseSearch, gaussian_fit
     from lrface.real_photos import Section
     from lrface.upscale import (
-        encode_png,
         judge_result,
         make_thumbnail,
         parse_attribute_targets,
@@ -285,8 +289,7 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
             grid_rows.append(images)
             rows.append(row)
 
-    grid = grid_image(grid_rows, cell)
-    atomic_write_bytes(out_dir / "fig3_demo.png", encode_png(grid))
+    atomic_write_bytes(out_dir / "fig3_demo.png", grid_image(grid_rows, cell))
     data = {"photo": gt.name, "reference": ref.name, "columns": ["I_GT", "thumbnail", *columns], "omitted": omitted,
             "features": features, "race": RACE_NAMES[race_target], "attributes": attributes, "lambdas": lam,
             "steps": steps, "seed": seed, "rows": rows, "grid": "fig3_demo.png", "cell": cell}

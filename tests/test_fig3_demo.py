@@ -63,11 +63,12 @@ def test_grid_rows_are_generators_and_columns_the_inputs_then_each_constraint(de
     _, out = demo
     with Image.open(out / "fig3_demo.png") as im:
         grid = np.asarray(im.convert("RGB"))
-    assert grid.shape == (2 * 32, (2 + len(COLUMNS)) * 32, 3)  # the null generator row is skipped
+    # the null generator row is skipped; lrface.io.image_grid_png puts 2-pixel gaps around every cell
+    assert grid.shape == (2 + 2 * 34, 2 + (2 + len(COLUMNS)) * 34, 3)
     saved = json.loads((out / "fig3_demo.json").read_text())
     assert saved["columns"] == ["I_GT", "thumbnail", *COLUMNS]
     assert [(r["generator"], r["size"]) for r in saved["rows"]] == [("DCGAN", 16), ("tiny", 16)]
-    assert grid[:32, 32:64].std() > 10  # the thumbnail cell holds a face, not the white background
+    assert grid[2:34, 36:68].std() > 10  # the thumbnail cell holds a face, not the white background
 
 
 def test_constraints_move_their_own_scores_against_L_SR_alone(demo):
