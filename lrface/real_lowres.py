@@ -106,14 +106,13 @@ def pair_list(identities: Sequence[str], sources: Sequence[str] | None = None,
 
 
 def best_threshold(distances, same) -> tuple[float, float]:
-    """(accuracy, threshold) of the best rule ``distance < threshold ⇒ same`` over these pairs (midpoints between
-    sorted distances; ties give the smallest such threshold)."""
+    """(accuracy, threshold) of the best rule ``distance < threshold ⇒ same`` over these pairs: the seed paper's
+    Algorithm 1 search (:func:`lrface.metrics.angles.best_angle_threshold`, which works on any distance)."""
+    from lrface.metrics.angles import best_angle_threshold, separation_accuracy
+
     d, y = np.asarray(distances, dtype=np.float64), np.asarray(same, dtype=bool)
-    s = np.unique(d)
-    candidates = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2, [s[-1] + 1.0]])
-    acc = np.array([((d < t) == y).mean() for t in candidates])
-    k = int(acc.argmax())
-    return float(acc[k]), float(candidates[k])
+    threshold = best_angle_threshold(d[y], d[~y])
+    return separation_accuracy(d[y], d[~y], threshold), float(threshold)
 
 
 def verification_scores(distances, same, threshold: float | None = None) -> dict[str, float]:
