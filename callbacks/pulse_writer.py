@@ -12,8 +12,8 @@ exposed as ``.results = {"pulse": {...}}`` and as ``pulse/<key>`` scalars in ``t
 how it reaches the runner's ``results.json`` (also from ``ddp_spawn`` workers, which send only those back).
 
 The independent judges' scores (issue #12) are made by the module on each rank for its own samples (records carry
-``judged``, ``dlib_dist``, ``dlib_same``, ``gender_kept``) and summarised here over the gathered records like every
-other measure.
+``judges``) and summarised here over the gathered records with :func:`lrface.judge_scores.summarise`, as the
+tables and ``lrface upscale`` do.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from lrface.io import atomic_write_bytes, atomic_write_text
 # Per-sample fields kept for the summary (the images are not gathered across ranks).
 _RECORD_KEYS = ("index", "name", "seed", "accepted", "converged", "downscale_loss", "steps", "seconds", "measures",
                 "angle_to_reference", "angle_to_gt", "race", "race_prob", "predicted_race", "attributes",
-                "attribute_probs", "detected", "dlib_dist", "dlib_same", "gender_kept")
+                "attribute_probs", "detected", "judges")
 
 
 def _mean(values: list) -> float | None:
@@ -47,7 +47,7 @@ def summarize(records: list[dict]) -> dict[str, float]:
     ``mean_angle_to_gt_deg``, ``mean_angle_to_reference_deg``, ``mean_L_sim`` / ``mean_L_race`` / ``mean_L_att``
     (measured on the written images), ``mean_race_prob`` (of the target race), ``race_rate`` (predicted race = the
     target), ``mean_attribute_error`` (|σ(C_A) − target| over the targeted attributes), ``detected_rate``; of the
-    samples the independent judges scored against their ground truth (``judged``): ``judged_samples``,
+    samples the independent judges scored against their ground truth (``judges``): ``judged_samples``,
     ``mean_dlib_dist``, ``dlib_same_rate`` (dlib distance < 0.6), ``gender_kept_rate`` (judged gender of the result =
     the ground truth's) and ``dlib_unscored`` / ``gender_unscored`` (judged samples a judge could not score).
     """
@@ -77,19 +77,15 @@ def summarize(records: list[dict]) -> dict[str, float]:
     detected = [r["detected"] for r in records if r.get("detected") is not None]
     if detected:
         out["detected_rate"] = sum(bool(d) for d in detected) / len(detected)
-    judged = [r for r in records if r.get("judged")]
+    judged = [r["judges"]["I_GT"] for r in records if r.get("judges")]
     if judged:
-        dist = [r["dlib_dist"] for r in judged if r.get("dlib_dist") is not None]
-        kept = [r["gender_kept"] for r in judged if r.get("gender_kept") is not None]
-        out["judged_samples"] = float(len(judged))
-        out["dlib_unscored"] = float(len(judged) - len(dist))
-        out["gender_unscored"] = float(len(judged) - len(kept))
-        if dist:
-            out["mean_dlib_dist"] = sum(dist) / len(dist)
-            out["dlib_same_rate"] = sum(bool(r["dlib_same"]) for r in judged if r.get("dlib_dist") is not None) \
-                / len(dist)
-        if kept:
-            out["gender_kept_rate"] = sum(bool(k) for k in kept) / len(kept)
+        from lrface.judge_scores import summarise
+
+        j = summarise(judged)
+        out.update({"judged_samples": float(j["n"]), "dlib_unscored": float(j["dlib_unscored"]),
+                    "gender_unscored": float(j["gender_unscored"])})
+        out.update({key: j[name] for key, name in (("mean_dlib_dist", "dlib_dist"), ("dlib_same_rate", "dlib_same"),
+                                                   ("gender_kept_rate", "gender_kept")) if j[name] is not None})
     return out
 
 
@@ -126,7 +122,7 @@ class PulseWriter(BasePredictionWriter):
                                    encode_png(to_uint8_image(sample["lr"])))
             png, _ = write_result(out, str(sample["name"]), sample["image"], meta)
             self.records.append({k: meta[k] for k in _RECORD_KEYS if k in meta}
-                                | {"judged": "judges" in meta, "file": Path(png).name, "rank": trainer.global_rank})
+                                | {"file": Path(png).name, "rank": trainer.global_rank})
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         records = self.records

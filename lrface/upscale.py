@@ -695,16 +695,9 @@ def _upscale(args) -> int:
     judged = [r["judges"]["I_GT"] for r in results if "judges" in r]
     summary_judges = {}
     if judged:
-        from lrface.judge_scores import SAME_PERSON
+        from lrface.judge_scores import summarise
 
-        dist = [j["dlib_dist"] for j in judged if j["dlib_dist"] is not None]
-        kept = [j["gender_kept"] for j in judged if j["gender_kept"] is not None]
-        summary_judges = {"judges": {
-            "reference": "I_GT", "n": len(judged), "dlib_dist": float(np.mean(dist)) if dist else None,
-            "dlib_same": float(np.mean([j["dlib_dist"] < SAME_PERSON for j in judged if j["dlib_dist"] is not None]))
-            if dist else None,
-            "gender_kept": float(np.mean(kept)) if kept else None,
-            "dlib_unscored": len(judged) - len(dist), "gender_unscored": len(judged) - len(kept)}}
+        summary_judges = {"judges": {"reference": "I_GT", **summarise(judged)}}
     summary = {**summary_judges, "generator": str(args.generator), "features": args.features,
                "n_inputs": len(args.photos),
                "accepted": sum(r["accepted"] for r in results), "rejected": sum(not r["accepted"] for r in results),
