@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.frozen_nets import FrozenNets
-from lrface.losses.identity import ALPHA_THR, GAMMA_TEMP, REJECT_THRESHOLD, PulseConstraints, rejected, theta
+from lrface.losses.identity import GAMMA_TEMP, REJECT_THRESHOLD, PulseConstraints, rejected, theta
+from lrface.nets.dlib_backbone import DLIB_F_NAMES
 from lrface.pulse import PulseSearch, gaussian_fit
 from lrface.upscale import parse_attribute_targets, race_index
 
@@ -70,10 +71,12 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
         fit_batch: rows per mapping call of a computed fit.
         search: ``PulseSearch`` kwargs (``loss``, ``eps``, ``steps``, ``lr``, ``opt_name``, ``lr_schedule``,
             ``num_trainable_noise_layers``, ``tile_latent``, ``bad_noise_layers``, ``restarts``, ``noise_type``).
-        features: F's checkpoint (``lrface.weights.load_feature_extractor``: our FeatureExtractorModule ``.ckpt``
-            or an insightface ``backbone.pth``); None → no constraints and no angles.
+        features: F's checkpoint (``lrface.weights.load_feature_extractor``: our FeatureExtractorModule ``.ckpt``,
+            an insightface ``backbone.pth``, or ``"dlib"``: dlib's pretrained face ResNet, L_sim only); None → no
+            constraints and no angles.
         backbone: ``{"name": "r50", **kwargs}`` for checkpoints without a run config beside them.
-        constraints: ``lambdas`` (λ1, λ2, λ3), ``alpha_thr``, ``gamma_temp`` (degrees), ``tgt`` (L_sim target),
+        constraints: ``lambdas`` (λ1, λ2, λ3), ``alpha_thr`` (degrees; None: F's own, 65° or dlib's 24.7°),
+            ``gamma_temp`` (degrees), ``tgt`` (L_sim target),
             ``reference`` (``"self"``: I_r is the ground truth ``hr`` of the item when the data has it, else the
             thumbnail bicubically upscaled to the generator's resolution; ``"none"``), ``race`` (FairFace name or
             index; needs C_R), ``attributes`` (``{CelebA name: 0/1}``; needs C_A), ``reject_threshold`` (0.1).
@@ -118,9 +121,9 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
         if gaussian_fit is not None and not Path(gaussian_fit).exists():
             raise FileNotFoundError(f"module.gaussian_fit: {gaussian_fit} does not exist (PULSE ships "
                                     "gaussian_fit.pt; or set module.gaussian_fit=null to compute the fit)")
-        if features is not None and not Path(features).exists():
+        if features is not None and str(features).lower() not in DLIB_F_NAMES and not Path(features).exists():
             raise FileNotFoundError(f"module.features: {features} does not exist (a FeatureExtractorModule "
-                                    "checkpoint, e.g. runs/arcface_synthetic/<run>/checkpoints/last.ckpt)")
+                                    "checkpoint, e.g. runs/arcface_synthetic/<run>/checkpoints/last.ckpt, or dlib)")
         self.generator_source = generator
         self.gaussian_fit_path = gaussian_fit
         self.fit_samples, self.fit_batch = int(fit_samples), int(fit_batch)
@@ -135,7 +138,8 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
         self.lambdas = tuple(float(x) for x in c.get("lambdas", (1.0, 1.0, 1.0)))
         if len(self.lambdas) != 3:
             raise ValueError(f"module.constraints.lambdas must be (λ1, λ2, λ3), got {self.lambdas}")
-        self.alpha_thr = float(c.get("alpha_thr", ALPHA_THR))
+        # None: F's own (lrface.weights.feature_alpha_thr: 65°, or dlib's same-person angle), set with F in setup
+        self.alpha_thr = None if c.get("alpha_thr") is None else float(c["alpha_thr"])
         self.gamma_temp = float(c.get("gamma_temp", GAMMA_TEMP))
         self.tgt = c.get("tgt", 0.0)
         self.reference = c.get("reference", "self") or "none"
@@ -218,11 +222,13 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
 
     def _setup_features(self, gen: nn.Module, device: torch.device) -> None:
         from lrface.align import FixedAlignment
-        from lrface.weights import load_feature_extractor
+        from lrface.weights import feature_alpha_thr, load_feature_extractor
 
         kwargs = dict(self.backbone_kwargs)
         name = kwargs.pop("name", kwargs.pop("backbone", None))
         nets = load_feature_extractor(self.features_path, backbone=name, **kwargs)
+        if self.alpha_thr is None:
+            self.alpha_thr = feature_alpha_thr(nets.F)
         if self.target_race is not None and nets.C_R is None:
             raise ValueError(f"{self.features_path}: a race target needs a race classifier (race_classifier.*); "
                              "the checkpoint has none")

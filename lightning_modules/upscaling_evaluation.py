@@ -60,6 +60,7 @@ from lightning_modules.frozen_nets import FrozenNets
 from lrface.labels import CELEBA_ATTRIBUTES
 from lrface.losses.identity import GAMMA_TEMP, PulseConstraints, theta
 from lrface.lookalike import make_thumbnails
+from lrface.nets.dlib_backbone import DLIB_F_NAMES
 from lrface.pulse import PulseSearch, gaussian_fit
 
 EXTRACTORS = ("F_baseline", "F_ours")
@@ -108,7 +109,8 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
 
     Args:
         generator: StyleGAN checkpoint (``lrface.weights.load_generator``) or module; FFHQ framing.
-        baseline: F_baseline's checkpoint (``lrface.weights.load_feature_extractor``).
+        baseline: F_baseline's checkpoint (``lrface.weights.load_feature_extractor``), or ``"dlib"``: dlib's
+            pretrained face ResNet as the F the lookalikes are compared with (F_ours' against real-face features).
         ours: F_ours' checkpoint, with its race (C_R) and attribute (C_A) classifiers.
         race_judge: the independent race classifier (``lrface.judges.load_judge``); None leaves Table 2 out.
         attribute_judge: the independent attribute classifier; None leaves Table 3 out.
@@ -148,7 +150,8 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
         super().__init__()
         for name, path in (("baseline", baseline), ("ours", ours), ("race_judge", race_judge),
                            ("attribute_judge", attribute_judge), ("gaussian_fit", gaussian_fit)):
-            if path is not None and not Path(path).exists():
+            if path is not None and not (name in ("baseline", "ours") and str(path).lower() in DLIB_F_NAMES) \
+                    and not Path(path).exists():
                 raise FileNotFoundError(f"module.{name}: {path} does not exist")
         if not isinstance(generator, nn.Module) and not Path(generator).exists():
             raise FileNotFoundError(f"module.generator: {generator} does not exist")

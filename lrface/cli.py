@@ -103,6 +103,10 @@ def _backbone(args: argparse.Namespace):
         # one of our runs: the architecture (an IResNet, a timm trunk, a URLNet with its confidences) is in its config
         return load_feature_extractor(args.weights).F.backbone
     args.backbone = args.backbone or "r50"
+    from lrface.nets.dlib_backbone import is_dlib_features
+
+    if is_dlib_features(args.backbone):  # dlib's pretrained ResNet: 128-d, its .dat as --weights (default: packaged)
+        return load_backbone(args.backbone, args.weights, input_size=args.image_size)
     kwargs = {"num_features": args.num_features}
     if args.widths:
         kwargs["widths"] = args.widths
@@ -295,8 +299,8 @@ def _add_upscale_args(p: argparse.ArgumentParser) -> None:
                    help="PULSE synthesis.pt (dir), rosinality StyleGAN2 .pt or NVlabs stylegan2-ada .pkl")
     p.add_argument("--gaussian-fit", default=None, help="PULSE's gaussian_fit.pt (default: computed)")
     p.add_argument("--fit-samples", type=int, default=100_000, help="mapping samples for the computed Gaussian fit")
-    p.add_argument("--features", default=None, help="F (+ C_R, C_A): runs/<exp>/<run>/checkpoints/*.ckpt or a "
-                   "backbone.pth (then give --backbone)")
+    p.add_argument("--features", default=None, help="F (+ C_R, C_A): runs/<exp>/<run>/checkpoints/*.ckpt, a "
+                   "backbone.pth (then give --backbone), or dlib (dlib's pretrained face ResNet; no C_R / C_A)")
     p.add_argument("--backbone", default=None, help="r18 ... r200 (overrides the run's config.yaml)")
     p.add_argument("--num-features", type=int, default=None, help="embedding size, with --backbone")
     p.add_argument("--widths", type=int, nargs=4, default=None, help="stage widths, with --backbone")
@@ -308,7 +312,8 @@ def _add_upscale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-sim", type=float, default=1.0, help="λ1 of L_sim (0 switches it off)")
     p.add_argument("--lambda-race", type=float, default=1.0, help="λ2 of L_race")
     p.add_argument("--lambda-att", type=float, default=1.0, help="λ3 of L_att")
-    p.add_argument("--alpha-thr", type=float, default=65.0, help="α_thr of Eq. 4, degrees")
+    p.add_argument("--alpha-thr", type=float, default=None, help="α_thr of Eq. 4, degrees (default: F's own: 65, the "
+                   "official code's; 24.7 for dlib, its 0.6 same-person distance)")
     p.add_argument("--gamma-temp", type=float, default=10.0, help="γ_temp of Eq. 4, degrees")
     p.add_argument("--size", type=int, default=32, help="thumbnail side (must divide the generator resolution)")
     p.add_argument("--steps", type=int, default=100)
@@ -331,9 +336,11 @@ def _add_upscale_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default=None, help="r18 | r34 | r50 | r100 | r200 (iresnet50 also accepted); default: "
-                   "the run's own architecture for our .ckpt files, else r50")
-    p.add_argument("--weights", default=None, help="backbone.pth / model.pt / a Lightning .ckpt of ours")
+    p.add_argument("--backbone", default=None, help="r18 | r34 | r50 | r100 | r200 (iresnet50 also accepted) | dlib "
+                   "(dlib's pretrained face ResNet, 128-d); default: the run's own architecture for our .ckpt files, "
+                   "else r50")
+    p.add_argument("--weights", default=None, help="backbone.pth / model.pt / a Lightning .ckpt of ours / dlib's .dat "
+                   "(--backbone dlib; default: the face-recognition-models package's)")
     p.add_argument("--num-features", type=int, default=512)
     p.add_argument("--widths", type=int, nargs=4, default=None, help="stage widths if not the official ones")
     p.add_argument("--image-size", type=int, default=112)

@@ -5,9 +5,9 @@ make_thumbnail`) → a PULSE search (:class:`lrface.pulse.PulseSearch`) per colu
 
 - ``L_SR``: PULSE alone;
 - ``L_sim``: + λ1·L_sim toward I_r, another photo of Obama, with F's features (F_ours);
-- ``L_sim_dlib``: the same with dlib's face-recognition ResNet as the identity network (the PyTorch port
-  :class:`lrface.nets.dlib_resnet.DlibFaceResNet` behind the differentiable chip :func:`lrface.dlib_chip.
-  dlib_face_chips`, its five points fixed at the generator's template): the one network here that has seen real faces;
+- ``L_sim_dlib``: the same with dlib's face-recognition ResNet as F (``load_feature_extractor("dlib")``:
+  :class:`lrface.nets.dlib_backbone.DlibBackbone`, the PyTorch port behind dlib's differentiable chip, fed the same
+  fixed ArcFace alignment as F): the one network here that has seen real faces;
 - ``L_race``: + λ2·L_race toward a race through C_R;
 - ``L_att``: + λ3·L_att toward attributes (``Male=1``) through C_A.
 
@@ -36,36 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CONSTRAINTS", "DlibIdentity", "fig3_demo_section", "grid_image"]
+__all__ = ["CONSTRAINTS", "fig3_demo_section", "grid_image"]
 
 log = logging.getLogger("lrface")
 
 #: the columns after I_GT and the thumbnail, in the paper's order
 CONSTRAINTS = ("L_SR", "L_sim", "L_sim_dlib", "L_race", "L_att")
-
-
-class DlibIdentity:
-    """dlib's ResNet as a differentiable F for generated faces: B×3×R×R in [0, 1] → B×128 descriptors.
-
-    The faces are where the generator puts them (``template``, insightface's five points in R×R pixels), mapped to
-    dlib's five points through dlib's mean face (:func:`lrface.judge_scores.dlib_landmarks_from_five`), then cut as
-    dlib's 150×150 chip.
-    """
-
-    def __init__(self, net: torch.nn.Module, template, resolution: int):
-        from lrface.judge_scores import dlib_landmarks_from_five
-
-        self.net = net.eval().requires_grad_(False)
-        self.resolution = int(resolution)
-        self.points = torch.as_tensor(dlib_landmarks_from_five(np.asarray(template, dtype=np.float64)),
-                                      dtype=torch.float32)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from lrface.dlib_chip import dlib_face_chips
-
-        points = self.points * (images.shape[-1] / self.resolution)
-        chips = dlib_face_chips(images, points.expand(images.shape[0], 5, 2).to(images.device))
-        return self.net(chips)
 
 
 def grid_image(rows: Sequence[Sequence[np.ndarray | None]], cell: int) -> bytes:
@@ -115,7 +91,7 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
                       sizes: Sequence[int] = (32, 16), constraints: Sequence[str] = CONSTRAINTS,
                       race: str = "Black", attributes: Mapping[str, int] | None = None,
                       lambdas: Mapping[str, float] | None = None, alpha_thr: float = 65.0,
-                      dlib_alpha_thr: float = 35.0,
+                      dlib_alpha_thr: float | None = None,
                       steps: int = 100, lr: float = 0.4, eps: float = 2e-3, restarts: int = 1, seed: int = 0,
                       fit_samples: int = 100_000, cell: int = 128, judges: bool = True,
                       mtcnn_weights: str = "weights/mtcnn"):
@@ -133,8 +109,8 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
         race: L_race's target (a FairFace race name); attributes: L_att's targets ``{CelebA name: 0|1}``.
         lambdas: ``{L_sim, L_race, L_att}`` weights λ1..λ3 (default 1 each, as ``lrface upscale``).
         alpha_thr: α_thr of L_sim with F (degrees; the official code's 65° by default; the paper searches it per F).
-        dlib_alpha_thr: α_thr of L_sim in dlib's space (degrees): dlib's 0.6 same-person distance is ~35° between
-            its descriptors (norms ~1), where F's α_thr is the official code's 65°.
+        dlib_alpha_thr: α_thr of L_sim in dlib's space (degrees); None: dlib's 0.6 same-person distance as an angle
+            (:data:`lrface.nets.dlib_backbone.SAME_PERSON_ANGLE`, 24.7°), where F's α_thr is the official code's 65°.
         steps, lr, eps, restarts, seed: the PULSE search's.
         fit_samples: draws for the generator's Gaussian fit (:func:`lrface.pulse.gaussian_fit`).
         cell: grid cell side in pixels.
@@ -184,13 +160,13 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
         omitted["L_race"] = f"{features} has no race classifier C_R"
     if nets is not None and nets.C_A is None and "L_att" in constraints:
         omitted["L_att"] = f"{features} has no attribute classifier C_A"
-    dlib_net = None
+    dlib_nets = None
     if "L_sim_dlib" in constraints:
-        from lrface.judges.dlib_identity import _require_dlib, dlib_model_file
-        from lrface.nets.dlib_resnet import load_dlib_face_resnet
+        from lrface.weights import feature_alpha_thr, load_feature_extractor
 
-        _require_dlib()
-        dlib_net = load_dlib_face_resnet(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat"))
+        dlib_nets = load_feature_extractor("dlib")
+        if dlib_alpha_thr is None:
+            dlib_alpha_thr = feature_alpha_thr(dlib_nets.F)
     columns = [c for c in constraints if c not in omitted]
     panel = None
     if judges:
@@ -217,16 +193,12 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
             ref_crop, _ = reference_crop(ref.image, crop, mtcnn)
             with torch.no_grad():
                 reference_features = nets.F(ref_crop).float()
-        dlib_f = dlib_ref = None
-        if dlib_net is not None:
-            from lrface.dlib_chip import dlib_face_chips
-            from lrface.judge_scores import dlib_landmarks_from_five
-
-            dlib_f = DlibIdentity(dlib_net, template.numpy(), resolution)
-            x_ref = torch.from_numpy(ref.image).permute(2, 0, 1)[None].float().div(255.0)
-            pts = torch.as_tensor(dlib_landmarks_from_five(ref_points), dtype=torch.float32)[None]
+        dlib_align = dlib_ref = None
+        if dlib_nets is not None:
+            dlib_crop = dlib_nets.F.input_size
+            dlib_align = FixedAlignment.for_generator(generator, size=dlib_crop)
             with torch.no_grad():
-                dlib_ref = dlib_net(dlib_face_chips(x_ref, pts)).float()
+                dlib_ref = dlib_nets.F(reference_crop(ref.image, dlib_crop, mtcnn)[0]).float()
         for size in sizes:
             if resolution % int(size):
                 raise ValueError(f"fig3_demo.sizes: {size} does not divide {gen_name}'s resolution {resolution}")
@@ -244,8 +216,8 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
                     pc = PulseConstraints(nets.F, align_fn=align, lambdas=(lam["L_sim"], 0, 0),
                                           reference_features=reference_features, alpha_thr=alpha_thr)
                 elif column == "L_sim_dlib":
-                    pc = PulseConstraints(dlib_f, lambdas=(lam["L_sim"], 0, 0), reference_features=dlib_ref,
-                                          alpha_thr=dlib_alpha_thr)
+                    pc = PulseConstraints(dlib_nets.F, align_fn=dlib_align, lambdas=(lam["L_sim"], 0, 0),
+                                          reference_features=dlib_ref, alpha_thr=dlib_alpha_thr)
                 elif column == "L_race":
                     pc = PulseConstraints(nets.F, nets.C_R, align_fn=align, lambdas=(0, lam["L_race"], 0),
                                           target_race=race_target)
@@ -271,8 +243,9 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
                         if nets.C_R is not None:
                             p = torch.softmax(nets.C_R(f).float(), -1)[0]
                             cell_data[f"F_p_{RACE_NAMES[race_target]}"] = float(p[race_target])
-                    if dlib_f is not None:
-                        cell_data["dlib_torch_angle_to_I_r"] = float(theta(dlib_f(image).float(), dlib_ref)[0])
+                    if dlib_nets is not None:
+                        f = dlib_nets.F(dlib_align(image)).float()
+                        cell_data["dlib_F_angle_to_I_r"] = float(theta(f, dlib_ref)[0])
                 if panel is not None:
                     judged = judge_result(panel, result, template.numpy(),
                                           {"I_GT": (gt.image, gt_points), "I_r": (ref.image, ref_points)})
@@ -292,7 +265,8 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
     atomic_write_bytes(out_dir / "fig3_demo.png", grid_image(grid_rows, cell))
     data = {"photo": gt.name, "reference": ref.name, "columns": ["I_GT", "thumbnail", *columns], "omitted": omitted,
             "features": features, "race": RACE_NAMES[race_target], "attributes": attributes, "lambdas": lam,
-            "steps": steps, "seed": seed, "rows": rows, "grid": "fig3_demo.png", "cell": cell}
+            "alpha_thr": alpha_thr, "dlib_alpha_thr": dlib_alpha_thr, "steps": steps, "seed": seed, "rows": rows,
+            "grid": "fig3_demo.png", "cell": cell}
     atomic_write_text(out_dir / "fig3_demo.json", json.dumps(data, indent=2, default=float) + "\n")
 
     race_key = f"F_p_{RACE_NAMES[race_target]}"
@@ -316,7 +290,7 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
                          f"{_fmt(c.get('F_p_male'), '.3f')} | {_fmt(c.get(race_key), '.3f')} | "
                          f"{c['downscale_mse']:.2e} |")
             for key in ("dlib_dist_I_GT", "dlib_dist_I_r", "p_male", "F_angle_to_I_r", "F_p_male",
-                        "dlib_torch_angle_to_I_r"):
+                        "dlib_F_angle_to_I_r"):
                 if c.get(key) is not None:
                     metrics[f"fig3/{row['generator']}/{row['size']}/{column}/{key}"] = float(c[key])
     if rows and panel is not None:

@@ -541,7 +541,7 @@ def _setup(args) -> SimpleNamespace:
     if wants and not args.features:
         raise _SetupError(f"{', '.join(wants)} need --features (the F / C_R / C_A checkpoint)")
     if args.features:
-        from lrface.weights import load_feature_extractor
+        from lrface.weights import feature_alpha_thr, load_feature_extractor
 
         kwargs = {}
         if getattr(args, "num_features", None):
@@ -562,6 +562,8 @@ def _setup(args) -> SimpleNamespace:
             ref_crop, reference_info = reference_crop(ref_photo, crop, mtcnn_if_available())
             with torch.no_grad():
                 reference = nets.F(ref_crop.to(device)).float()
+        if getattr(args, "alpha_thr", None) is None:
+            args.alpha_thr = feature_alpha_thr(nets.F)
         common = {"F": nets.F, "C_R": nets.C_R, "C_A": nets.C_A, "align_fn": align_fn, "alpha_thr": args.alpha_thr,
                   "gamma_temp": args.gamma_temp, "reference_features": reference, "target_race": race,
                   "target_attributes": attributes or None}
@@ -699,6 +701,7 @@ def _upscale(args) -> int:
 
         summary_judges = {"judges": {"reference": "I_GT", **summarise(judged)}}
     summary = {**summary_judges, "generator": str(args.generator), "features": args.features,
+               "alpha_thr": getattr(args, "alpha_thr", None),
                "n_inputs": len(args.photos),
                "accepted": sum(r["accepted"] for r in results), "rejected": sum(not r["accepted"] for r in results),
                "errors": errors, "results": results}

@@ -171,10 +171,16 @@ def _backbone_weights(obj, path: Path) -> dict:
 
 
 def load_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs):
-    """An IResNet (``r18`` ... ``r200``, also spelled ``iresnet50``) with ``weights`` loaded strictly.
+    """An IResNet (``r18`` ... ``r200``, also spelled ``iresnet50``) with ``weights`` loaded strictly, or dlib's
+    pretrained face ResNet (``dlib``: :class:`lrface.nets.dlib_backbone.DlibBackbone`; ``weights`` its ``.dat``, None
+    the ``face-recognition-models`` package's).
 
     ``kwargs`` go to the constructor (``num_features``, ``widths``, ...); the defaults give the official shapes.
     """
+    from lrface.nets.dlib_backbone import is_dlib_features
+
+    if is_dlib_features(name):
+        return _dlib_backbone(weights, name, **kwargs)
     from lrface.nets.iresnet import get_model
 
     model = get_model(name.replace("iresnet", "r"), **kwargs)
@@ -263,6 +269,25 @@ def load_btnet(path: str | os.PathLike, branches: dict[int, str | os.PathLike] |
     return model.eval()
 
 
+def _dlib_backbone(weights, what, input_size: int = 112, num_features: int | None = None, **unknown):
+    from lrface.nets.dlib_backbone import DlibBackbone
+
+    if unknown:
+        raise ValueError(f"{what}: dlib's face ResNet takes only input_size (and num_features=128); got "
+                         f"{sorted(unknown)}")
+    if num_features not in (None, 128):
+        raise ValueError(f"{what}: dlib's face ResNet gives 128-d descriptors, not num_features={num_features}")
+    return DlibBackbone(weights, input_size=input_size).eval()
+
+
+def feature_alpha_thr(F: nn.Module) -> float:
+    """The α_thr (degrees) of L_sim that suits F when none is given: its backbone's ``same_person_angle`` (dlib:
+    :data:`lrface.nets.dlib_backbone.SAME_PERSON_ANGLE`), else the official code's 65° (``ALPHA_THR``)."""
+    from lrface.losses.identity import ALPHA_THR
+
+    return float(getattr(getattr(F, "backbone", F), "same_person_angle", ALPHA_THR))
+
+
 class FeatureNets(NamedTuple):
     """The seed paper's F, C_R, C_A (Eq. 4–8), ready for :class:`lrface.losses.identity.PulseConstraints`.
 
@@ -343,6 +368,9 @@ def load_feature_extractor(path: str | os.PathLike, backbone: str | None = None,
       (``backbone_kwargs`` override its entries); an explicit ``backbone`` name replaces it. The classifiers come from
       ``race_classifier.{weight,bias}`` (D → 7) and ``attribute_classifier.{weight,bias}`` (D → 40) when present.
     - An insightface ``backbone.pth`` (plain or DDP ``module.`` state_dict): needs ``backbone`` (``r18`` … ``r200``).
+    - ``"dlib"`` (or a dlib ``.dat`` file): dlib's face-recognition ResNet, trained on about 3 million real faces, as
+      a pretrained F (:class:`lrface.nets.dlib_backbone.DlibBackbone`: 128-d, ArcFace crops in); no C_R / C_A.
+      ``backbone_kwargs``: ``input_size`` only.
 
     Args:
         path: the checkpoint.
@@ -357,7 +385,16 @@ def load_feature_extractor(path: str | os.PathLike, backbone: str | None = None,
         ValueError: the file is not such a checkpoint, or its weights do not fit the architecture (message names it).
     """
     from lrface.config import instantiate
+    from lrface.nets.dlib_backbone import is_dlib_features
 
+    if is_dlib_features(path) or is_dlib_features(backbone):
+        weights = None if str(path).lower() in ("dlib", "dlib_resnet") else path
+        if weights is not None and not Path(weights).is_file():
+            raise FileNotFoundError(f"{weights}: no such dlib face-recognition model (.dat)")
+        net = _dlib_backbone(weights, path, **backbone_kwargs)
+        nets = FeatureNets(FaceFeatures(net, net.input_size), None, None)
+        nets.F.eval().requires_grad_(False)
+        return nets
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such feature-extractor checkpoint")
