@@ -224,7 +224,7 @@ def lowres_section(photos: Sequence[Photo], out_dir: Path, sizes: Sequence[int] 
         crop_size: side of the MTCNN-aligned ArcFace crop the thumbnails are made from and brought back to.
         dlib_backend: ``"dlib"`` or ``"torch"`` (:class:`lrface.judges.DlibIdentityJudge`).
         networks: ``{column: null | checkpoint | {path, kind: features|btnet, options: {load kwargs}}}``; null
-            columns are left out of the table (and say so).
+            columns are left out of the table (and say so). ``dlib`` is dlib's pretrained ResNet as an F.
         btnet_strategy: BTNet's branch routing (``floor`` | ``near`` | ``ceil``).
     """
     from lrface.judges.dlib_identity import DlibIdentityJudge
@@ -252,9 +252,17 @@ def lowres_section(photos: Sequence[Photo], out_dir: Path, sizes: Sequence[int] 
                           progress=lambda s: log.info("lowres: %s", s))
     markdown = (f"Each photo aligned by MTCNN to the {crop_size}² ArcFace crop, shrunk to s×s (area), brought back "
                 f"up (bicubic); `full` = the undegraded crop.\n\n" + table_markdown(result, omitted))
-    if scorers:
+    from lrface.nets.dlib_backbone import is_dlib_features
+
+    pretrained = [name for name, spec in (networks or {}).items() if spec is not None and is_dlib_features(
+        spec if isinstance(spec, (str, Path)) else spec.get("path"))]
+    if len(scorers) > len(pretrained):
         markdown += ("- Our networks' columns: networks trained by this suite (on this machine: on the synthetic "
                      "world, never on a real face).\n")
+    for name in pretrained:
+        markdown += (f"- `{name}`: dlib's ResNet as an F (`lrface.nets.dlib_backbone`, what `features: dlib` "
+                     "selects): fed the ArcFace crop like our networks and scored like them (flip-sum cosine, best "
+                     "threshold), where the `dlib` column cuts dlib's own chip with dlib's landmarks.\n")
     metrics = {f"lowres/{size}/{scorer}/{what}": float(v[what]) for size, row in result["rows"].items()
                for scorer, v in row.items() for what in ("accuracy", "gap")}
     result["photos"] = [{"name": p.name, "identity": p.identity, "source": p.source} for p in photos]
