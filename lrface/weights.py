@@ -385,10 +385,10 @@ def load_feature_extractor(path: str | os.PathLike, backbone: str | None = None,
         ValueError: the file is not such a checkpoint, or its weights do not fit the architecture (message names it).
     """
     from lrface.config import instantiate
-    from lrface.nets.dlib_backbone import is_dlib_features
+    from lrface.nets.dlib_backbone import DLIB_F_NAMES, is_dlib_features
 
     if is_dlib_features(path) or is_dlib_features(backbone):
-        weights = None if str(path).lower() in ("dlib", "dlib_resnet") else path
+        weights = None if str(path).lower() in DLIB_F_NAMES else path
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: no such dlib face-recognition model (.dat)")
         net = _dlib_backbone(weights, path, **backbone_kwargs)
