@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.frozen_nets import FrozenNets
-from lrface.losses.identity import GAMMA_TEMP, REJECT_THRESHOLD, PulseConstraints, rejected, theta
+from lrface.losses.identity import REJECT_THRESHOLD, PulseConstraints, rejected, theta
 from lrface.nets.dlib_backbone import DLIB_F_NAMES
 from lrface.pulse import PulseSearch, gaussian_fit
 from lrface.upscale import parse_attribute_targets, race_index
@@ -76,7 +76,7 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
             constraints and no angles.
         backbone: ``{"name": "r50", **kwargs}`` for checkpoints without a run config beside them.
         constraints: ``lambdas`` (λ1, λ2, λ3), ``alpha_thr`` (degrees; None: F's own, 65° or dlib's 24.7°),
-            ``gamma_temp`` (degrees), ``tgt`` (L_sim target),
+            ``gamma_temp`` (degrees; None: F's own, 10° or dlib's 3.8°), ``tgt`` (L_sim target),
             ``reference`` (``"self"``: I_r is the ground truth ``hr`` of the item when the data has it, else the
             thumbnail bicubically upscaled to the generator's resolution; ``"none"``), ``race`` (FairFace name or
             index; needs C_R), ``attributes`` (``{CelebA name: 0/1}``; needs C_A), ``reject_threshold`` (0.1).
@@ -140,7 +140,7 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
             raise ValueError(f"module.constraints.lambdas must be (λ1, λ2, λ3), got {self.lambdas}")
         # None: F's own (lrface.weights.feature_alpha_thr: 65°, or dlib's same-person angle), set with F in setup
         self.alpha_thr = None if c.get("alpha_thr") is None else float(c["alpha_thr"])
-        self.gamma_temp = float(c.get("gamma_temp", GAMMA_TEMP))
+        self.gamma_temp = None if c.get("gamma_temp") is None else float(c["gamma_temp"])
         self.tgt = c.get("tgt", 0.0)
         self.reference = c.get("reference", "self") or "none"
         if self.reference not in REFERENCE_MODES:
@@ -222,13 +222,15 @@ class PulseSearchModule(FrozenNets, pl.LightningModule):
 
     def _setup_features(self, gen: nn.Module, device: torch.device) -> None:
         from lrface.align import FixedAlignment
-        from lrface.weights import feature_alpha_thr, load_feature_extractor
+        from lrface.weights import feature_alpha_thr, feature_gamma_temp, load_feature_extractor
 
         kwargs = dict(self.backbone_kwargs)
         name = kwargs.pop("name", kwargs.pop("backbone", None))
         nets = load_feature_extractor(self.features_path, backbone=name, **kwargs)
         if self.alpha_thr is None:
             self.alpha_thr = feature_alpha_thr(nets.F)
+        if self.gamma_temp is None:
+            self.gamma_temp = feature_gamma_temp(nets.F)
         if self.target_race is not None and nets.C_R is None:
             raise ValueError(f"{self.features_path}: a race target needs a race classifier (race_classifier.*); "
                              "the checkpoint has none")

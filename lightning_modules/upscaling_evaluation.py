@@ -58,10 +58,11 @@ from torch import Tensor, nn
 
 from lightning_modules.frozen_nets import FrozenNets
 from lrface.labels import CELEBA_ATTRIBUTES
-from lrface.losses.identity import GAMMA_TEMP, PulseConstraints, theta
+from lrface.losses.identity import PulseConstraints, theta
 from lrface.lookalike import make_thumbnails
 from lrface.nets.dlib_backbone import DLIB_F_NAMES
 from lrface.pulse import PulseSearch, gaussian_fit
+from lrface.weights import feature_gamma_temp
 
 EXTRACTORS = ("F_baseline", "F_ours")
 PAPER_ATTRIBUTES = ("Arched_Eyebrows", "Male", "Narrow_Eyes", "Smiling", "Wearing_Lipstick")
@@ -124,7 +125,8 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
         fit_samples, fit_batch: the computed fit's draws and batch.
         lambdas: ``{"sim", "race", "att"}`` — λ1, λ2, λ3 of Eq. 8 for the strategy's one active term.
         alpha_thr: ``{"F_baseline": ..., "F_ours": ...}``: degrees, or ``"auto"`` (Alg. 1 on CelebA-train pairs).
-        gamma_temp: γ_temp of Eq. 4 in degrees.
+        gamma_temp: γ_temp of Eq. 4 in degrees; None: each F's own (``lrface.weights.feature_gamma_temp``: 10°, dlib's
+            3.8°).
         table1_reference: I_r of Lookalike-*: ``"gt"`` (the paper's L_sim(I_GT)) or ``"lr"``.
         reid_reference: I_r of the re-identification strategies: ``"lr"`` (the paper's L_sim(I_LR)) or ``"gt"``.
         attributes: the CelebA attributes of Table 3 (paper: five).
@@ -143,7 +145,7 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
                  thumbnail_size: int = 32, search: Mapping[str, Any] | None = None,
                  gaussian_fit: str | None = None, fit_samples: int = 100_000, fit_batch: int = 10_000,
                  lambdas: Mapping[str, float] | None = None, alpha_thr: Mapping[str, Any] | None = None,
-                 gamma_temp: float = GAMMA_TEMP, table1_reference: str = "gt", reid_reference: str = "lr",
+                 gamma_temp: float | None = None, table1_reference: str = "gt", reid_reference: str = "lr",
                  attributes: Sequence[str] = PAPER_ATTRIBUTES, attribute_mode: str = "each", keep_images: int = 8,
                  seed: int = 0, align_size: int | None = None, alpha_batch_size: int = 64,
                  judges: Mapping[str, Any] | bool | None = None):
@@ -173,7 +175,7 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
         lam = {"sim": 1.0, "race": 1.0, "att": 1.0, **dict(lambdas or {})}
         self.lambdas = {k: float(v) for k, v in lam.items()}
         self.alpha_config = {"F_baseline": "auto", "F_ours": "auto", **dict(alpha_thr or {})}
-        self.gamma_temp = float(gamma_temp)
+        self.gamma_temp = None if gamma_temp is None else float(gamma_temp)
         self.table1_reference, self.reid_reference = table1_reference, reid_reference
         self.attributes = tuple(attributes)
         self.attribute_index = [CELEBA_ATTRIBUTES.index(a) for a in self.attributes]
@@ -340,8 +342,9 @@ class UpscalingEvaluationModule(FrozenNets, pl.LightningModule):
         if s.term == "sr":
             return None
         nets = self._nets[s.features]
+        gamma = self.gamma_temp if self.gamma_temp is not None else feature_gamma_temp(nets.F)
         kw: dict[str, Any] = dict(align_fn=self._nets["align"], alpha_thr=self.alpha_thr[s.features],
-                                  gamma_temp=self.gamma_temp)
+                                  gamma_temp=gamma)
         if s.term == "sim":
             ref = hr if s.reference == "gt" else self._upscaled(thumbs)
             return PulseConstraints(nets.F, lambdas=(self.lambdas["sim"], 0.0, 0.0),

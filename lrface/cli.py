@@ -314,7 +314,8 @@ def _add_upscale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-att", type=float, default=1.0, help="λ3 of L_att")
     p.add_argument("--alpha-thr", type=float, default=None, help="α_thr of Eq. 4, degrees (default: F's own: 65, the "
                    "official code's; 24.7 for dlib, its 0.6 same-person distance)")
-    p.add_argument("--gamma-temp", type=float, default=10.0, help="γ_temp of Eq. 4, degrees")
+    p.add_argument("--gamma-temp", type=float, default=None, help="γ_temp of Eq. 4, degrees (default: F's own: 10, the "
+                   "official code's; 3.8 for dlib, scaled as its α_thr)")
     p.add_argument("--size", type=int, default=32, help="thumbnail side (must divide the generator resolution)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eps", type=float, default=2e-3, help="per-image stop when the downscale MSE is within eps")

@@ -110,7 +110,8 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
         lambdas: ``{L_sim, L_race, L_att}`` weights λ1..λ3 (default 1 each, as ``lrface upscale``).
         alpha_thr: α_thr of L_sim with F (degrees; the official code's 65° by default; the paper searches it per F).
         dlib_alpha_thr: α_thr of L_sim in dlib's space (degrees); None: dlib's 0.6 same-person distance as an angle
-            (:data:`lrface.nets.dlib_backbone.SAME_PERSON_ANGLE`, 24.7°), where F's α_thr is the official code's 65°.
+            (:data:`lrface.nets.dlib_backbone.SAME_PERSON_ANGLE`, 24.7°), where F's α_thr is the official code's 65°;
+            its γ_temp is dlib's own (:data:`lrface.nets.dlib_backbone.SAME_PERSON_TEMP`, 3.8°).
         steps, lr, eps, restarts, seed: the PULSE search's.
         fit_samples: draws for the generator's Gaussian fit (:func:`lrface.pulse.gaussian_fit`).
         cell: grid cell side in pixels.
@@ -162,11 +163,12 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
         omitted["L_att"] = f"{features} has no attribute classifier C_A"
     dlib_nets = None
     if "L_sim_dlib" in constraints:
-        from lrface.weights import feature_alpha_thr, load_feature_extractor
+        from lrface.weights import feature_alpha_thr, feature_gamma_temp, load_feature_extractor
 
         dlib_nets = load_feature_extractor("dlib")
         if dlib_alpha_thr is None:
             dlib_alpha_thr = feature_alpha_thr(dlib_nets.F)
+        dlib_gamma_temp = feature_gamma_temp(dlib_nets.F)
     columns = [c for c in constraints if c not in omitted]
     panel = None
     if judges:
@@ -217,7 +219,8 @@ def fig3_demo_section(photos, out_dir: Path, features: str | None = None, photo:
                                           reference_features=reference_features, alpha_thr=alpha_thr)
                 elif column == "L_sim_dlib":
                     pc = PulseConstraints(dlib_nets.F, align_fn=dlib_align, lambdas=(lam["L_sim"], 0, 0),
-                                          reference_features=dlib_ref, alpha_thr=dlib_alpha_thr)
+                                          reference_features=dlib_ref, alpha_thr=dlib_alpha_thr,
+                                          gamma_temp=dlib_gamma_temp)
                 elif column == "L_race":
                     pc = PulseConstraints(nets.F, nets.C_R, align_fn=align, lambdas=(0, lam["L_race"], 0),
                                           target_race=race_target)

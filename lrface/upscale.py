@@ -541,7 +541,7 @@ def _setup(args) -> SimpleNamespace:
     if wants and not args.features:
         raise _SetupError(f"{', '.join(wants)} need --features (the F / C_R / C_A checkpoint)")
     if args.features:
-        from lrface.weights import feature_alpha_thr, load_feature_extractor
+        from lrface.weights import feature_alpha_thr, feature_gamma_temp, load_feature_extractor
 
         kwargs = {}
         if getattr(args, "num_features", None):
@@ -564,6 +564,8 @@ def _setup(args) -> SimpleNamespace:
                 reference = nets.F(ref_crop.to(device)).float()
         if getattr(args, "alpha_thr", None) is None:
             args.alpha_thr = feature_alpha_thr(nets.F)
+        if getattr(args, "gamma_temp", None) is None:
+            args.gamma_temp = feature_gamma_temp(nets.F)
         common = {"F": nets.F, "C_R": nets.C_R, "C_A": nets.C_A, "align_fn": align_fn, "alpha_thr": args.alpha_thr,
                   "gamma_temp": args.gamma_temp, "reference_features": reference, "target_race": race,
                   "target_attributes": attributes or None}
@@ -701,7 +703,7 @@ def _upscale(args) -> int:
 
         summary_judges = {"judges": {"reference": "I_GT", **summarise(judged)}}
     summary = {**summary_judges, "generator": str(args.generator), "features": args.features,
-               "alpha_thr": getattr(args, "alpha_thr", None),
+               "alpha_thr": getattr(args, "alpha_thr", None), "gamma_temp": getattr(args, "gamma_temp", None),
                "n_inputs": len(args.photos),
                "accepted": sum(r["accepted"] for r in results), "rejected": sum(not r["accepted"] for r in results),
                "errors": errors, "results": results}

@@ -288,6 +288,14 @@ def feature_alpha_thr(F: nn.Module) -> float:
     return float(getattr(getattr(F, "backbone", F), "same_person_angle", ALPHA_THR))
 
 
+def feature_gamma_temp(F: nn.Module) -> float:
+    """The γ_temp (degrees) of L_sim that suits F when none is given: its backbone's ``same_person_temp`` (dlib:
+    :data:`lrface.nets.dlib_backbone.SAME_PERSON_TEMP`), else the official code's 10° (``GAMMA_TEMP``)."""
+    from lrface.losses.identity import GAMMA_TEMP
+
+    return float(getattr(getattr(F, "backbone", F), "same_person_temp", GAMMA_TEMP))
+
+
 class FeatureNets(NamedTuple):
     """The seed paper's F, C_R, C_A (Eq. 4–8), ready for :class:`lrface.losses.identity.PulseConstraints`.
 

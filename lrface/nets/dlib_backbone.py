@@ -23,7 +23,10 @@ photos by ``benchmarks/dlib_features.py``:
 Angles: dlib's descriptors are not normalised, but their norms are all close to 1.4 (1.36–1.46 on the photos,
 :data:`DESCRIPTOR_NORM`), so dlib's same-person distance 0.6 is an angle of 2·asin(0.6 / (2·1.4)) ≈ 24.7°
 (:data:`SAME_PERSON_ANGLE`): the α_thr of L_sim with this F, where F's own is the official code's 65°. On the photos
-dlib-bin's same-person pairs are 14–18° apart and different people 34–37°.
+dlib-bin's same-person pairs are 14–18° apart and different people 34–37°. γ_temp is scaled by the same factor
+(:data:`SAME_PERSON_TEMP`, 10° · 24.7 / 65 = 3.8°), so that Eq. 4's sigmoid spans dlib's angles as it spans F's: the
+paper's acceptance rule L_sim < 0.1 then means θ < α_thr − γ_temp·ln 9 ≈ 16.4°, inside dlib's same-person range,
+where with γ_temp = 10° it would need θ < 2.7°.
 """
 from __future__ import annotations
 
@@ -35,13 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DlibBackbone", "DESCRIPTOR_NORM", "SAME_PERSON_ANGLE", "DLIB_F_NAMES", "is_dlib_features"]
+__all__ = ["DlibBackbone", "DESCRIPTOR_NORM", "SAME_PERSON_ANGLE", "SAME_PERSON_TEMP", "DLIB_F_NAMES", "is_dlib_features"]
 
 #: the norm of dlib's descriptors (1.36–1.46 on the real photos, dlib-bin's and this F's alike)
 DESCRIPTOR_NORM = 1.4
 
 #: dlib's same-person distance 0.6 between descriptors of norm DESCRIPTOR_NORM, as an angle (degrees)
 SAME_PERSON_ANGLE = math.degrees(2 * math.asin(0.6 / (2 * DESCRIPTOR_NORM)))
+
+#: γ_temp of Eq. 4 for this F: the official 10° scaled as α_thr is (65° → SAME_PERSON_ANGLE)
+SAME_PERSON_TEMP = 10.0 * SAME_PERSON_ANGLE / 65.0
 
 #: the names that select this F (``features: dlib``, ``--backbone dlib``)
 DLIB_F_NAMES = ("dlib", "dlib_resnet")
@@ -70,6 +76,7 @@ class DlibBackbone(nn.Module):
     """
 
     same_person_angle = SAME_PERSON_ANGLE
+    same_person_temp = SAME_PERSON_TEMP
 
     def __init__(self, weights: str | os.PathLike | None = None, input_size: int = 112,
                  net: nn.Module | None = None):
