@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from benchmarks.dlib_judges import median_time  # noqa: E402
 from lrface.judges import DlibIdentityJudge  # noqa: E402
 from lrface.nets.dlib_backbone import SAME_PERSON_ANGLE, DlibBackbone  # noqa: E402
 from lrface.nets.mtcnn import MTCNN  # noqa: E402
@@ -28,16 +28,6 @@ from lrface.real_lowres import align_crop, pair_list  # noqa: E402
 from lrface.real_photos import load_photos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def _angles(d: np.ndarray) -> np.ndarray:
@@ -66,7 +56,7 @@ def main() -> None:
         fives.append(np.asarray(landmarks[int(np.argmax(probs))], dtype=np.float64))
     native = np.stack(native)
     chip = judge.chip(photos[0].image)
-    t_native = _median_time(lambda: judge.embed_chips(chip), args.repeats)
+    t_native = median_time(lambda: judge.embed_chips(chip), args.repeats)
 
     def pair_stats(d: np.ndarray) -> tuple[float, float, float, float]:
         dist = np.linalg.norm(d[:, None] - d[None], axis=-1)
@@ -91,7 +81,7 @@ def main() -> None:
         x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
             ours = f(x).numpy()
-            t_ours = _median_time(lambda: f(x[:1]), args.repeats)
+            t_ours = median_time(lambda: f(x[:1]), args.repeats)
         gap = np.linalg.norm(ours - native, axis=-1)
         norms = np.linalg.norm(ours, axis=-1)
         acc, acc_a, s_mean, d_mean = pair_stats(ours)

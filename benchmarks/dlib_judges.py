@@ -25,7 +25,7 @@ from lrface.judges import DlibIdentityJudge, GenderAgeJudge  # noqa: E402
 from lrface.weights import REAL_PHOTOS  # noqa: E402
 
 
-def _median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
@@ -57,8 +57,8 @@ def main() -> None:
                                      torch.from_numpy(landmarks)[None].float())[0]
         c = port.embed_chips(torch_chip.round().clamp(0, 255).byte().permute(1, 2, 0).numpy())[0]
         descriptors.append(a)
-        t_dlib = _median_time(lambda c=chip: dlib_judge.embed_chips(c), args.repeats)
-        t_port = _median_time(lambda c=chip: port.embed_chips(c), args.repeats)
+        t_dlib = median_time(lambda c=chip: dlib_judge.embed_chips(c), args.repeats)
+        t_port = median_time(lambda c=chip: port.embed_chips(c), args.repeats)
         ga = gender_age.predict(image)
         print(f"| {name} | {REAL_PHOTOS[name]} | {np.abs(a - b).max():.2e} | {np.linalg.norm(a - c):.3f} | "
               f"{t_dlib:.3f} | {t_port:.3f} | "

