@@ -13,12 +13,13 @@ dlib_landmarks_from_five`), and dlib's 150×150 chip (padding 0.25) is cut from 
 dlib_face_chips` — differentiable, so L_sim's gradient reaches the generated image. Choices, measured on the real
 photos by ``benchmarks/dlib_features.py``:
 
-- The chip is a little larger than the ArcFace crop: it reaches about 10% of its height below the crop's bottom edge
-  (the chin), which the crop does not hold; those rows are 0 (black, insightface's border). Descriptors of the same
-  photo from dlib's own chip and from this path differ by less than dlib's same-person distances do.
-- The crop's side S only sets the resampling: dlib's chip covers about 0.69·S crop pixels per side at S = 112, so
-  S = 224 (``input_size``) keeps detail a 112 crop would lose to the upsampling; a 112 crop is the default as for
-  every other F.
+- The chip spans about 0.92·S of the crop per side but sits lower: it reaches about 10% of its height below the
+  crop's bottom edge (the chin), which the crop does not hold; those rows are 0 (black, insightface's border).
+- Descriptors of a photo from this path are 0.21 (mean; 0.25 at most) from dlib-bin's own (HOG landmarks, its chip
+  from the whole photo): 0.17 of it is the aligner (MTCNN's points through the mean face vs dlib's landmarks), 0.12
+  the crop alone. dlib's same-person distances on the photos are 0.29–0.47, and every verdict at 0.6 agrees.
+- The crop's side S only sets the resampling (150 chip pixels from 0.92·S crop pixels): 112, 150 and 224 give the
+  same 0.21; 112 is the default, as for every other F.
 
 Angles: dlib's descriptors are not normalised, but their norms are all close to 1.4 (1.36–1.46 on the photos,
 :data:`DESCRIPTOR_NORM`), so dlib's same-person distance 0.6 is an angle of 2·asin(0.6 / (2·1.4)) ≈ 24.7°
