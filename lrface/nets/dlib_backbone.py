@@ -17,7 +17,7 @@ photos by ``benchmarks/dlib_features.py``:
   crop's bottom edge (the chin), which the crop does not hold; those rows are 0 (black, insightface's border).
 - Descriptors of a photo from this path are 0.21 (mean; 0.25 at most) from dlib-bin's own (HOG landmarks, its chip
   from the whole photo): 0.17 of it is the aligner (MTCNN's points through the mean face vs dlib's landmarks), 0.12
-  the crop alone. dlib's same-person distances on the photos are 0.29–0.47, and every verdict at 0.6 agrees.
+  the crop alone. dlib's same-person distances on the photos are 0.33–0.43, and every verdict at 0.6 agrees.
 - The crop's side S only sets the resampling (150 chip pixels from 0.92·S crop pixels): 112, 150 and 224 give the
   same 0.21; 112 is the default, as for every other F.
 
