@@ -27,7 +27,7 @@ Angles: dlib's descriptors are not normalised, but their norms are all close to 
 dlib-bin's same-person pairs are 14–18° apart and different people 34–37°. γ_temp is scaled by the same factor
 (:data:`SAME_PERSON_TEMP`, 10° · 24.7 / 65 = 3.8°), so that Eq. 4's sigmoid spans dlib's angles as it spans F's: the
 paper's acceptance rule L_sim < 0.1 then means θ < α_thr − γ_temp·ln 9 ≈ 16.4°, inside dlib's same-person range,
-where with γ_temp = 10° it would need θ < 2.7°.
+where with γ_temp = 10° it would need θ < 2.8°.
 """
 from __future__ import annotations
 
