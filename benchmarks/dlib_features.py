@@ -22,6 +22,7 @@ import yaml  # noqa: E402
 
 from benchmarks.dlib_judges import median_time  # noqa: E402
 from lrface.judges import DlibIdentityJudge  # noqa: E402
+from lrface.judges.dlib_identity import THRESHOLD  # noqa: E402
 from lrface.nets.dlib_backbone import SAME_PERSON_ANGLE, DlibBackbone  # noqa: E402
 from lrface.nets.mtcnn import MTCNN  # noqa: E402
 from lrface.real_lowres import align_crop, pair_list  # noqa: E402
@@ -63,7 +64,7 @@ def main() -> None:
         ang = _angles(d)
         dd = np.array([dist[i, j] for i, j, _ in pairs])
         aa = np.array([ang[i, j] for i, j, _ in pairs])
-        return (float(((dd < 0.6) == same).mean()), float(((aa < SAME_PERSON_ANGLE) == same).mean()),
+        return (float(((dd < THRESHOLD) == same).mean()), float(((aa < SAME_PERSON_ANGLE) == same).mean()),
                 float(dd[same].mean()), float(dd[~same].mean()))
 
     print(f"{len(photos)} photos, {len(pairs)} cross-photograph pairs ({int(same.sum())} same); "

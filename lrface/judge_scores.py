@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from lrface.judges.dlib_identity import THRESHOLD
+
 __all__ = ["DLIB_MEAN_FACE_FIVE", "JUDGE_COLUMNS", "SAME_PERSON", "FaceScores", "JudgePanel", "attach_judge_columns",
            "compare", "dlib_landmarks_from_five", "judge_headline", "judge_rows", "judge_tables", "parse_judges",
            "summarise", "template_landmarks"]
@@ -38,7 +40,7 @@ DLIB_MEAN_FACE_FIVE = ((0.225492, 0.215990), (0.754761, 0.215990), (0.490127, 0.
                        (0.254149, 0.780233), (0.726104, 0.780233))
 
 #: dlib's documented same-person threshold on descriptor distance
-SAME_PERSON = 0.6
+SAME_PERSON = THRESHOLD
 
 #: the new columns, beside each table's existing ones
 JUDGE_COLUMNS = ("dlib_dist", "dlib_same", "gender_kept", "unscored (dlib / gender)")

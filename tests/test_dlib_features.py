@@ -4,6 +4,7 @@ dlib``, ``lrface evaluate --backbone dlib``) it is the one selected, and as PULS
 of the result toward I_r."""
 from __future__ import annotations
 
+import copy
 import io
 import json
 
@@ -95,6 +96,11 @@ def test_names_errors_and_alpha(tmp_path, dlib_f):
     assert isinstance(net, DlibBackbone) and net.num_features == 128
     assert feature_alpha_thr(dlib_f.F) == pytest.approx(SAME_PERSON_ANGLE) == pytest.approx(24.74, abs=0.01)
     assert feature_gamma_temp(dlib_f.F) == pytest.approx(10.0 * 24.747 / 65.0, abs=1e-3)
+    # the angle comes from the threshold the .dat stores (dlib's loss_metric), not from a constant
+    assert net.net.distance_threshold == pytest.approx(0.6)
+    other = copy.copy(net.net)
+    other.distance_threshold = 0.5
+    assert DlibBackbone(net=other).same_person_angle == pytest.approx(2 * np.degrees(np.arcsin(0.5 / 2.8)))
     tiny = load_feature_extractor(write_tiny_feature_extractor(tmp_path / "F" / "checkpoints" / "last.ckpt"))
     assert feature_alpha_thr(tiny.F) == 65.0 and feature_gamma_temp(tiny.F) == 10.0
     with pytest.raises(ValueError, match="128-d descriptors, not num_features=512"):

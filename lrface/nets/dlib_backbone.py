@@ -39,16 +39,25 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DlibBackbone", "DESCRIPTOR_NORM", "SAME_PERSON_ANGLE", "SAME_PERSON_TEMP", "DLIB_F_NAMES", "is_dlib_features"]
+from lrface.judges.dlib_identity import THRESHOLD
+from lrface.losses.identity import ALPHA_THR, GAMMA_TEMP
+
+__all__ = ["DlibBackbone", "DESCRIPTOR_NORM", "SAME_PERSON_ANGLE", "SAME_PERSON_TEMP", "DLIB_F_NAMES", "is_dlib_features",
+           "sim_parameters"]
 
 #: the norm of dlib's descriptors (1.36–1.46 on the real photos, dlib-bin's and this F's alike)
 DESCRIPTOR_NORM = 1.4
 
-#: dlib's same-person distance 0.6 between descriptors of norm DESCRIPTOR_NORM, as an angle (degrees)
-SAME_PERSON_ANGLE = math.degrees(2 * math.asin(0.6 / (2 * DESCRIPTOR_NORM)))
 
-#: γ_temp of Eq. 4 for this F: the official 10° scaled as α_thr is (65° → SAME_PERSON_ANGLE)
-SAME_PERSON_TEMP = 10.0 * SAME_PERSON_ANGLE / 65.0
+def sim_parameters(threshold: float = THRESHOLD, norm: float = DESCRIPTOR_NORM) -> tuple[float, float]:
+    """(α_thr, γ_temp) of Eq. 4 in degrees for descriptors of ``norm`` judged the same person below ``threshold``:
+    the angle whose chord is the threshold, and the official γ_temp scaled as α_thr is (ALPHA_THR → that angle)."""
+    angle = math.degrees(2 * math.asin(threshold / (2 * norm)))
+    return angle, GAMMA_TEMP * angle / ALPHA_THR
+
+
+#: dlib's same-person distance 0.6 as an angle (degrees), and the γ_temp that goes with it
+SAME_PERSON_ANGLE, SAME_PERSON_TEMP = sim_parameters()
 
 #: the names that select this F (``features: dlib``, ``--backbone dlib``)
 DLIB_F_NAMES = ("dlib", "dlib_resnet")
@@ -76,9 +85,6 @@ class DlibBackbone(nn.Module):
         lrface.nets.dlib_dat.DlibDatError: a bad ``.dat`` (file, byte offset and layer named).
     """
 
-    same_person_angle = SAME_PERSON_ANGLE
-    same_person_temp = SAME_PERSON_TEMP
-
     def __init__(self, weights: str | os.PathLike | None = None, input_size: int = 112,
                  net: nn.Module | None = None):
         super().__init__()
@@ -97,6 +103,9 @@ class DlibBackbone(nn.Module):
         self.weights = None if weights is None else str(weights)
         self.input_size = int(input_size)
         self.num_features = int(getattr(net, "num_features", 128))
+        # from the threshold the .dat itself stores (dlib's loss_metric: 0.6 in dlib's file)
+        self.same_person_angle, self.same_person_temp = sim_parameters(
+            float(getattr(net, "distance_threshold", THRESHOLD)))
         points = dlib_landmarks_from_five(arcface_template_np(self.input_size))
         self.register_buffer("points", torch.as_tensor(np.asarray(points), dtype=torch.float32), persistent=False)
 
